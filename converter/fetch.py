@@ -1,0 +1,535 @@
+"""Download an official ResNet-RS checkpoint archive and unpack it safely.
+
+`fetch_variant` downloads `NAME.tar.gz` over HTTP(S) with urllib into `NAME.tar.gz.part`,
+resuming with a Range request after an interruption and retrying transient failures with
+exponential backoff. It then unpacks the archive into a temporary directory beside the
+target and renames the checkpoint directory into place, so `DEST/NAME/` is either a
+complete checkpoint or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import logging
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from http.client import HTTPException
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Callable, Iterable
+
+from converter import __version__
+from converter.errors import CheckpointError, OutputError, RsconvertError
+from converter.variants import VARIANTS, Variant, checkpoints_root, get_variant
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+DEFAULT_RETRIES = 5
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_BACKOFF_S = 2.0
+MAX_BACKOFF_S = 60.0
+LOG_INTERVAL_S = 10.0
+PART_SUFFIX = ".part"
+# Statuses worth retrying: request timeout, too early, rate limited, and every 5xx.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429})
+
+# A shard of TensorFlow checkpoint data: PREFIX.data-00000-of-00002.
+_DATA_SHARD = re.compile(r"^(?P<prefix>.+)\.data-(?P<index>\d{5})-of-(?P<count>\d{5})$")
+_CONTENT_RANGE = re.compile(r"^bytes (?P<start>\d+)-(?P<end>\d+)/(?P<total>\d+|\*)$")
+_UNSATISFIED_RANGE = re.compile(r"^bytes \*/(?P<total>\d+)$")
+
+# Called after each chunk with the bytes on disk so far and the total size, when known.
+ProgressCallback = Callable[[int, "int | None"], None]
+
+
+class DownloadError(RsconvertError):
+    """A download failed: the server rejected it, the retries ran out, or the size was wrong."""
+
+
+class UnsafeArchiveError(CheckpointError):
+    """An archive member would land outside the destination, or is not a file or directory."""
+
+
+class LogProgress:
+    """Progress callback that logs a line every `interval_s` seconds and one at the end."""
+
+    def __init__(self, label: str, interval_s: float = LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label = label
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last_logged: float | None = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = self._clock()
+        finished = total is not None and done >= total
+        if self._last_logged is None:
+            self._last_logged = now
+        elif finished or now - self._last_logged >= self.interval_s:
+            self._last_logged = now
+            logger.info("%s: %s", self.label, format_progress(done, total))
+
+
+def format_progress(done: int, total: int | None) -> str:
+    """Format a byte count as "12.0 of 480.0 MiB (2%)", or "12.0 MiB" when the total is unknown."""
+    mib = 1 << 20
+    if not total:
+        return f"{done / mib:.1f} MiB"
+    return f"{done / mib:.1f} of {total / mib:.1f} MiB ({100 * done // total}%)"
+
+
+class _TransientError(Exception):
+    """A failure that a later attempt may not hit: a dropped connection, a timeout, a 5xx."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchResult:
+    """Where a variant's checkpoint is, and whether this call downloaded it."""
+
+    variant: Variant
+    path: Path
+    downloaded: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogEntry:
+    """One official variant with its download URL and local state."""
+
+    name: str
+    depth: int
+    image_size: int
+    official_top1: float
+    url: str
+    path: Path
+    downloaded: bool
+
+    def to_dict(self) -> dict:
+        row = dataclasses.asdict(self)
+        row["path"] = str(self.path)
+        return row
+
+
+def catalog_entries(root: Path | None = None, base_url: str | None = None) -> list[CatalogEntry]:
+    """List the official variants and whether each is already downloaded under `root`."""
+    root = Path(root) if root is not None else checkpoints_root()
+    entries = []
+    for variant in VARIANTS:
+        path = variant.default_checkpoint_dir(root)
+        entries.append(CatalogEntry(
+            name=variant.name,
+            depth=variant.depth,
+            image_size=variant.image_size,
+            official_top1=variant.official_top1,
+            url=variant.url(base_url),
+            path=path,
+            downloaded=is_checkpoint_dir(path),
+        ))
+    return entries
+
+
+def checkpoint_prefixes(directory: Path) -> list[Path]:
+    """Return the checkpoint prefixes in `directory` whose .index file and every data shard exist."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    names = {path.name for path in directory.iterdir() if path.is_file()}
+    shards: dict[str, set[tuple[int, int]]] = {}
+    for name in names:
+        match = _DATA_SHARD.match(name)
+        if match:
+            key = (int(match["index"]), int(match["count"]))
+            shards.setdefault(match["prefix"], set()).add(key)
+    prefixes = []
+    for name in sorted(names):
+        if not name.endswith(".index"):
+            continue
+        prefix = name[: -len(".index")]
+        found = shards.get(prefix, set())
+        counts = {count for _, count in found}
+        if len(counts) == 1:
+            count = counts.pop()
+            if {index for index, _ in found} == set(range(count)):
+                prefixes.append(directory / prefix)
+    return prefixes
+
+
+def is_checkpoint_dir(directory: Path) -> bool:
+    """Return whether `directory` holds at least one complete checkpoint (.index and all .data shards)."""
+    return bool(checkpoint_prefixes(directory))
+
+
+def fetch_variant(
+    name: str | Variant,
+    dest: Path | None = None,
+    *,
+    base_url: str | None = None,
+    force: bool = False,
+    keep_archive: bool = False,
+    retries: int = DEFAULT_RETRIES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    backoff_s: float = DEFAULT_BACKOFF_S,
+    progress: ProgressCallback | None = None,
+) -> FetchResult:
+    """Download and unpack one official checkpoint into `dest/NAME/`.
+
+    A complete checkpoint already at `dest/NAME/` is left as it is unless `force` is set.
+    An archive `dest/NAME.tar.gz` that is already there is unpacked without downloading,
+    except with `force`. The archive that this call downloads is deleted after unpacking
+    unless `keep_archive` is set. An interrupted download leaves `dest/NAME.tar.gz.part`,
+    which the next call resumes. Without `progress`, progress is logged every LOG_INTERVAL_S
+    seconds.
+    """
+    variant = get_variant(name) if isinstance(name, str) else name
+    root = Path(dest) if dest is not None else checkpoints_root()
+    target = variant.default_checkpoint_dir(root)
+
+    if target.exists() and not force:
+        if is_checkpoint_dir(target):
+            logger.info("%s is already present in %s; pass --force to download it again.",
+                        variant.name, target)
+            return FetchResult(variant, target, downloaded=False)
+        raise OutputError(
+            f"{target} exists but contains no complete checkpoint (.index and .data files). "
+            "Remove it, or pass --force to replace it.")
+
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / variant.archive_name
+    part = archive.with_name(archive.name + PART_SUFFIX)
+    if force:
+        archive.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+
+    downloaded = not archive.exists()
+    if downloaded:
+        url = variant.url(base_url)
+        logger.info("Downloading %s to %s", url, archive)
+        if progress is None:
+            progress = LogProgress(f"Downloading {variant.archive_name}")
+        download(url, archive, retries=retries, timeout_s=timeout_s, backoff_s=backoff_s,
+                 progress=progress)
+    else:
+        logger.info("Unpacking the archive already at %s", archive)
+
+    try:
+        extract_checkpoint(archive, target, replace=force)
+    except CheckpointError:
+        # A bad download is useless, so the next call starts afresh. An archive that the user
+        # put there stays for them to inspect.
+        if downloaded:
+            archive.unlink(missing_ok=True)
+        raise
+
+    if downloaded and not keep_archive:
+        archive.unlink()
+    logger.info("%s is ready in %s", variant.name, target)
+    return FetchResult(variant, target, downloaded=True)
+
+
+def download(
+    url: str,
+    path: Path,
+    *,
+    retries: int = DEFAULT_RETRIES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    backoff_s: float = DEFAULT_BACKOFF_S,
+    progress: ProgressCallback | None = None,
+) -> int:
+    """Download `url` to `path` through `path.part` and return the size in bytes.
+
+    Bytes already in `path.part` are kept and the rest is requested with a Range header. A
+    server that ignores Range and sends the whole file (status 200) restarts the download.
+    Dropped connections, timeouts and 5xx responses are retried after `backoff_s`, doubling
+    up to MAX_BACKOFF_S. `retries` bounds the consecutive failed attempts that add no bytes,
+    so a long download over a flaky link can still finish. The received size must match
+    Content-Length or Content-Range. `path` appears only once the download is complete.
+    """
+    path = Path(path)
+    _check_url(url)
+    part = path.with_name(path.name + PART_SUFFIX)
+    # NOTE: a .part file left by an earlier run is resumed without checking that the file on
+    # the server is unchanged (no If-Range). A changed file shows up as a corrupt archive
+    # when unpacking, and fetch_variant then deletes it.
+    expected_total: int | None = None
+    failures = 0
+    while True:
+        offset = _file_size(part)
+        try:
+            size, expected_total = _transfer(url, part, offset, expected_total, timeout_s, progress)
+            break
+        except _TransientError as error:
+            if _file_size(part) > offset:
+                failures = 0
+            failures += 1
+            if failures > retries:
+                raise DownloadError(
+                    f"Downloading {url} failed after {retries} retries: {error}. "
+                    f"Run the command again to resume from {_file_size(part)} bytes "
+                    f"in {part}.") from None
+            delay = min(backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S)
+            logger.warning("Download of %s interrupted at %d bytes (%s); retry %d of %d in %.1f s.",
+                           url, _file_size(part), error, failures, retries, delay)
+            time.sleep(delay)
+
+    part.replace(path)
+    logger.info("Downloaded %s (%d bytes)", url, size)
+    return size
+
+
+def _check_url(url: str) -> None:
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise DownloadError(
+            f"Only http and https URLs can be downloaded. Received: {url!r}. "
+            "Check --base-url or the RSCONVERT_BASE_URL environment variable.")
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _transfer(url: str, part: Path, offset: int, expected_total: int | None, timeout_s: float,
+              progress: ProgressCallback | None) -> tuple[int, int | None]:
+    """Make one request, append what arrives to `part`, and return (size on disk, total)."""
+    request = urllib.request.Request(url, headers={
+        "User-Agent": f"rsconvert/{__version__}",
+        # The archive is already compressed; a transfer encoding would change the byte counts.
+        "Accept-Encoding": "identity",
+    })
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as error:
+        with error:
+            return _handle_http_error(url, part, offset, error)
+    except (OSError, HTTPException) as error:
+        # URLError (refused, DNS, TLS), timeouts and resets are all OSError subclasses.
+        raise _TransientError(_describe(error)) from None
+
+    with response:
+        if response.status == 206:
+            start, total = _parse_content_range(url, response.headers.get("Content-Range"))
+            if start != offset:
+                part.unlink(missing_ok=True)
+                raise _TransientError(
+                    f"the server sent bytes from {start} when {offset} were requested; restarting")
+            mode = "ab"
+        elif response.status == 200:
+            if offset:
+                logger.info("The server ignored the Range request; restarting %s from byte 0.", url)
+            offset = 0
+            total = _content_length(response)
+            mode = "wb"
+        else:
+            raise DownloadError(
+                f"Downloading {url} failed: unexpected HTTP status {response.status}.")
+
+        _check_total(url, part, expected_total, total)
+        size = _copy_body(response, part, mode, offset, total, progress)
+
+    if total is not None and size < total:
+        raise _TransientError(f"the connection closed after {size} of {total} bytes")
+    if total is not None and size > total:
+        part.unlink()
+        raise DownloadError(
+            f"Downloading {url} received {size} bytes but the server announced {total}. "
+            "Run the command again to start over.")
+    return size, total
+
+
+def _handle_http_error(url: str, part: Path, offset: int,
+                       error: urllib.error.HTTPError) -> tuple[int, int | None]:
+    if error.code == 416 and offset:
+        # Range Not Satisfiable: the part file may already hold the whole file.
+        match = _UNSATISFIED_RANGE.match(error.headers.get("Content-Range") or "")
+        if match and int(match["total"]) == offset:
+            return offset, offset
+        part.unlink(missing_ok=True)
+        raise _TransientError(f"the server rejected resuming at byte {offset}; restarting")
+    if error.code >= 500 or error.code in TRANSIENT_HTTP_STATUSES:
+        raise _TransientError(f"HTTP {error.code} {error.reason}")
+    raise DownloadError(
+        f"Downloading {url} failed: HTTP {error.code} {error.reason}. Check the variant name "
+        "and the base URL (--base-url or the RSCONVERT_BASE_URL environment variable).")
+
+
+def _parse_content_range(url: str, header: str | None) -> tuple[int, int | None]:
+    match = _CONTENT_RANGE.match(header or "")
+    if not match:
+        raise DownloadError(
+            f"Downloading {url} failed: a partial response has an invalid Content-Range "
+            f"header. Received: {header!r}.")
+    total = None if match["total"] == "*" else int(match["total"])
+    return int(match["start"]), total
+
+
+def _content_length(response) -> int | None:
+    header = response.headers.get("Content-Length")
+    return int(header) if header and header.isdigit() else None
+
+
+def _check_total(url: str, part: Path, expected_total: int | None, total: int | None) -> None:
+    if expected_total is not None and total is not None and total != expected_total:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"The size of {url} changed from {expected_total} to {total} bytes during the "
+            "download. Run the command again to start over.")
+
+
+def _copy_body(response, part: Path, mode: str, offset: int, total: int | None,
+               progress: ProgressCallback | None) -> int:
+    size = offset
+    with open(part, mode) as out:
+        if progress is not None:
+            progress(size, total)
+        while True:
+            try:
+                chunk = response.read(CHUNK_BYTES)
+            except (OSError, HTTPException) as error:
+                raise _TransientError(_describe(error)) from None
+            if not chunk:
+                return size
+            out.write(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(size, total)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
+        return f"{type(error.reason).__name__}: {error.reason}"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def extract_checkpoint(archive: Path, target: Path, *, replace: bool = False) -> Path:
+    """Unpack the checkpoint in `archive` so that `target` holds its .index and .data files.
+
+    The archive may nest the checkpoint in any folder, but exactly one folder may contain
+    checkpoint files, and files outside it are dropped. Members are unpacked into a
+    temporary directory beside `target`, which is renamed into place at the end. Absolute
+    paths, `..` components, links and special files raise UnsafeArchiveError before
+    anything reaches `target`. An existing `target` is replaced only with `replace`.
+    """
+    archive = Path(archive)
+    target = Path(target)
+    if target.exists() and not replace:
+        raise OutputError(f"{target} already exists. Remove it, or pass --force to replace it.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting",
+                                    dir=target.parent))
+    try:
+        unpacked = staging / "archive"
+        unpacked.mkdir()
+        _unpack_members(archive, unpacked)
+        source = _find_checkpoint_dir(unpacked, archive)
+        if target.exists():
+            # Same file system, so both renames are atomic; the old copy goes with staging.
+            target.replace(staging / "previous")
+        source.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _unpack_members(archive: Path, dest: Path) -> None:
+    dest_resolved = dest.resolve()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                relative = _member_path(member, archive)
+                if relative is None:
+                    continue
+                _apply_tarfile_filter(member, dest, archive)
+                path = dest.joinpath(*relative.parts)
+                if not path.resolve().is_relative_to(dest_resolved):
+                    raise UnsafeArchiveError(
+                        f"{archive} contains {member.name!r}, which would be written outside "
+                        "the destination. The archive was rejected; nothing was unpacked.")
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                with source, open(path, "wb") as out:
+                    shutil.copyfileobj(source, out, CHUNK_BYTES)
+            # tarfile stops at the end-of-archive blocks. Reading the compressed stream to its
+            # end makes gzip verify its CRC and length, which catches a corrupt download.
+            while tar.fileobj.read(CHUNK_BYTES):
+                pass
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise CheckpointError(
+            f"{archive} is not a readable .tar.gz archive ({error}). Delete it and download it "
+            "again.") from None
+
+
+def _member_path(member: tarfile.TarInfo, archive: Path) -> PurePosixPath | None:
+    """Return the member's path relative to the destination, or None for the top folder."""
+    name = member.name
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
+        raise UnsafeArchiveError(
+            f"{archive} contains a member with an absolute path, {name!r}. The archive was "
+            "rejected; nothing was unpacked.")
+    parts = [part for part in PurePosixPath(name).parts if part != "."]
+    if ".." in parts:
+        raise UnsafeArchiveError(
+            f"{archive} contains a member whose path leaves the destination through '..', "
+            f"{name!r}. The archive was rejected; nothing was unpacked.")
+    if member.issym() or member.islnk():
+        kind = "symbolic link" if member.issym() else "hard link"
+        raise UnsafeArchiveError(
+            f"{archive} contains a {kind}, {name!r} -> {member.linkname!r}; checkpoint "
+            "archives hold only files and folders. The archive was rejected; nothing was "
+            "unpacked.")
+    if not (member.isreg() or member.isdir()):
+        raise UnsafeArchiveError(
+            f"{archive} contains {name!r}, which is neither a file nor a folder. The archive "
+            "was rejected; nothing was unpacked.")
+    if not parts:
+        return None
+    return PurePosixPath(*parts)
+
+
+def _apply_tarfile_filter(member: tarfile.TarInfo, dest: Path, archive: Path) -> None:
+    # The "data" filter (Python 3.12, backported to 3.8.17+, 3.9.17+, 3.10.12+, 3.11.4+)
+    # checks again what _member_path checks. Older Pythons rely on _member_path alone.
+    data_filter = getattr(tarfile, "data_filter", None)
+    if data_filter is None:
+        return
+    try:
+        data_filter(member, str(dest))
+    except tarfile.FilterError as error:
+        raise UnsafeArchiveError(
+            f"{archive} contains an unsafe member {member.name!r} ({error}). The archive was "
+            "rejected; nothing was unpacked.") from None
+
+
+def _find_checkpoint_dir(root: Path, archive: Path) -> Path:
+    folders = [folder for folder in _walk_dirs(root) if is_checkpoint_dir(folder)]
+    if not folders:
+        raise CheckpointError(
+            f"{archive} contains no complete TensorFlow checkpoint (an .index file with all "
+            "its .data shards). Check that the URL points at a ResNet-RS checkpoint archive.")
+    if len(folders) > 1:
+        listed = ", ".join(str(folder.relative_to(root)) for folder in folders)
+        raise CheckpointError(
+            f"{archive} contains checkpoints in several folders ({listed}); expected one.")
+    return folders[0]
+
+
+def _walk_dirs(root: Path) -> Iterable[Path]:
+    yield root
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            yield path

@@ -1,0 +1,164 @@
+"""Write and read weights files in the legacy Keras HDF5 layout.
+
+The layout is the one `save_weights("x.h5")` produced in Keras 2 and that both tf_keras and
+Keras 3 (`keras/src/legacy/saving/legacy_h5_format.py`) still load:
+
+* root attribute `layer_names`: the weighted layers, in the model's `model.layers` order;
+  the loaders match file layers to model layers by this position, not by name;
+* root attributes `backend` and `keras_version`;
+* one group per layer with attribute `weight_names` (`"<layer>/<weight>:0"`, in the layer's
+  `weights` order) and one dataset per weight at `<layer>/<layer>/<weight>:0`.
+
+An attribute larger than HDF5's 64 KiB object-header limit is split into `name0`, `name1`,
+... as Keras does. rsconvert adds provenance attributes at the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from converter.errors import OutputError, WeightsFileError
+
+# Keras' HDF5_OBJECT_HEADER_LIMIT: attributes above this size are split into chunks.
+HDF5_OBJECT_HEADER_LIMIT = 64512
+# Reported as keras_version: the Keras 2 line whose save_weights wrote this layout. Loaders
+# only treat "1.x" files specially.
+KERAS_LAYOUT_VERSION = "2.21.0"
+PROVENANCE_KEYS = ("rsconvert_version", "source_checkpoint", "depth", "num_classes",
+                   "include_top", "weights", "stored_dtype")
+
+
+def save_attribute(group: h5py.Group, name: str, values: list[str]) -> None:
+    """Store a list of strings as a bytes-array attribute, chunked past the header limit."""
+    data = np.asarray([v.encode("utf-8") for v in values])
+    if data.nbytes <= HDF5_OBJECT_HEADER_LIMIT:
+        group.attrs[name] = data
+        return
+    chunks = 1
+    while True:
+        pieces = np.array_split(data, chunks)
+        if all(p.nbytes <= HDF5_OBJECT_HEADER_LIMIT for p in pieces):
+            break
+        chunks += 1
+    for i, piece in enumerate(pieces):
+        group.attrs[f"{name}{i}"] = piece
+
+
+def load_attribute(group: h5py.Group, name: str) -> list[str]:
+    """Read an attribute written by save_attribute (or by Keras), joining chunks."""
+    if name in group.attrs:
+        values = list(group.attrs[name])
+    else:
+        values, i = [], 0
+        while f"{name}{i}" in group.attrs:
+            values.extend(group.attrs[f"{name}{i}"])
+            i += 1
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def check_output_path(output: str | Path, overwrite: bool) -> Path:
+    """Fail early, before any work, when `output` cannot or must not be written."""
+    path = Path(output)
+    if path.is_dir():
+        raise OutputError(f"Output path {path} is a directory; give a file name such as "
+                          f"{path / 'model.h5'}.")
+    if path.exists() and not overwrite:
+        raise OutputError(f"Output file {path} already exists; pass --overwrite to replace it.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"Output directory {parent} does not exist; create it first.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"Output directory {parent} is not writable.")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only on success.
+
+    On any exception, KeyboardInterrupt included, the temporary file is removed and an
+    existing `target` is left untouched.
+    """
+    target = check_output_path(target, overwrite)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                         dir=target.parent if str(target.parent) else ".")
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        if target.exists() and not overwrite:
+            raise OutputError(f"Output file {target} appeared while writing; not replacing it.")
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def write_weights(path: Path, layers, read_weight, attributes: dict, progress=None) -> None:
+    """Write `layers` (LayerSpec, in Keras order) into `path`, one tensor at a time.
+
+    `read_weight(layer, weight)` returns the float32 array for one weight; it is called once
+    per weight and each array is written and dropped before the next is read, so memory stays
+    near the largest tensor.
+    """
+    with h5py.File(path, "w") as f:
+        save_attribute(f, "layer_names", [layer.name for layer in layers])
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = KERAS_LAYOUT_VERSION.encode()
+        for key, value in attributes.items():
+            f.attrs[key] = value
+        for layer in layers:
+            group = f.create_group(layer.name)
+            weight_names = [f"{layer.name}/{w.keras_name}:0" for w in layer.weights]
+            save_attribute(group, "weight_names", weight_names)
+            for weight, weight_name in zip(layer.weights, weight_names):
+                array = np.asarray(read_weight(layer, weight), dtype=np.float32)
+                if array.shape != weight.shape:
+                    raise WeightsFileError(
+                        f"{weight.original_name} has shape {array.shape}, expected {weight.shape}")
+                group.create_dataset(weight_name, data=array)
+            if progress is not None:
+                progress(layer)
+
+
+def read_provenance(path: str | Path) -> dict:
+    """Return the rsconvert attributes of a weights file, or raise WeightsFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"Weights file {path} does not exist.")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError as error:
+        raise WeightsFileError(f"{path} is not a readable HDF5 file: {error}") from None
+    if "rsconvert_version" not in attrs:
+        raise WeightsFileError(
+            f"{path} was not written by rsconvert (no rsconvert_version attribute). Convert the "
+            "checkpoint with `rsconvert ckpt-to-h5` first.")
+    provenance = {}
+    for key in PROVENANCE_KEYS:
+        value = attrs.get(key)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        elif isinstance(value, np.generic):
+            value = value.item()
+        provenance[key] = value
+    provenance["include_top"] = bool(provenance["include_top"])
+    return provenance
+
+
+def read_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """Return {layer name: [arrays in weight order]} from a legacy-layout weights file."""
+    with h5py.File(path, "r") as f:
+        result = {}
+        for layer_name in load_attribute(f, "layer_names"):
+            group = f[layer_name]
+            result[layer_name] = [np.asarray(group[w]) for w in load_attribute(group, "weight_names")]
+        return result
