@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from converter import architecture
 from converter.errors import CheckpointError
@@ -14,7 +13,6 @@ MOMENTUM_SUFFIX = "/Momentum"
 IGNORED_NAMES = frozenset({"global_step"})
 WEIGHT_CHOICES = ("ema", "raw")
 
-_CONV_KERNEL = re.compile(r"^conv2d(_\d+)?/kernel$")
 # Markers of TF2 object-based checkpoints (tf.train.Checkpoint / Keras save_weights).
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _OBJECT_ATTRIBUTE = "/.ATTRIBUTES/"
@@ -73,7 +71,12 @@ def detect_depth(reader) -> int:
     """Infer the ResNet-RS depth from the number of conv kernels in the checkpoint."""
     names = reader.names()
     check_tf1_layout(names, reader.prefix)
-    count = sum(1 for name in names if _CONV_KERNEL.match(name))
+    present = set(names)
+    # Count the contiguous run conv2d, conv2d_1, ... so that a stray extra kernel is reported
+    # as unexpected by the name map instead of hiding the depth.
+    count = 0
+    while f"conv2d_{count}/kernel" in present or (count == 0 and "conv2d/kernel" in present):
+        count += 1
     by_count = {architecture.conv_count(d): d for d in architecture.DEPTHS}
     if count in by_count:
         return by_count[count]

@@ -18,9 +18,13 @@ from converter.errors import RsconvertError
 # Each module defines `command`, a click command added to the group in this order.
 COMMAND_MODULES = (
     "converter.cli.convert",
+    "converter.cli.inspect",
     "converter.cli.demo",
     "converter.cli.list_variants",
     "converter.cli.fetch",
+    "converter.cli.table",
+    "converter.cli.parity",
+    "converter.cli.evaluate",
 )
 
 # Exit statuses shared by all commands.

@@ -1,0 +1,20 @@
+"""`rsconvert demo`: run the pipeline on a generated checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("demo")
+@click.option("--workdir", default=None, metavar="DIR",
+              help="Keep the generated checkpoint, weights and data here instead of a "
+                   "temporary directory that is removed afterwards.")
+def command(workdir):
+    """Convert, load, check and evaluate a generated ResNet-RS-50 checkpoint (no downloads)."""
+    from converter.demo import run_demo
+
+    def show(step):
+        click.echo(f"[{step.name}] {step.detail} ({step.seconds:.1f} s)")
+
+    steps = run_demo(workdir, report=show)
+    click.echo(f"Demo finished: {len(steps)} steps.")

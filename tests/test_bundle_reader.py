@@ -1,0 +1,140 @@
+"""The numpy bundle reader against TensorFlow's CheckpointReader, bit for bit."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter.checkpoint import open_checkpoint, resolve_prefix
+from converter.checkpoint.bundle import BundleReader, read_index, shard_path
+from converter.errors import CheckpointError
+
+CHECKPOINT_OPTIONS = {
+    "float32": dict(storage="float32"),
+    "bfloat16": dict(storage="bfloat16"),
+    "mixed": dict(storage="mixed"),
+    "sharded": dict(storage="float32", num_shards=3),
+    "raw_only": dict(storage="bfloat16", ema=False, momentum=False),
+}
+
+
+def assert_same_as_tensorflow(prefix):
+    import tensorflow as tf
+
+    expected = tf.train.load_checkpoint(prefix)
+    reader = BundleReader(prefix)
+    assert reader.names() == sorted(expected.get_variable_to_shape_map())
+    for name in reader.names():
+        ours = reader.read(name)
+        theirs = np.asarray(expected.get_tensor(name))
+        assert ours.dtype == theirs.dtype, name
+        assert ours.shape == theirs.shape, name
+        assert ours.tobytes() == theirs.tobytes(), name
+
+
+@pytest.mark.parametrize("kind", sorted(CHECKPOINT_OPTIONS))
+def test_reader_matches_tensorflow(kind, make_checkpoint):
+    assert_same_as_tensorflow(make_checkpoint(**CHECKPOINT_OPTIONS[kind]))
+
+
+def test_reader_matches_tensorflow_golden(golden_checkpoint):
+    assert_same_as_tensorflow(golden_checkpoint)
+
+
+def test_sharded_checkpoint_has_three_shards(make_checkpoint):
+    prefix = make_checkpoint(**CHECKPOINT_OPTIONS["sharded"])
+    num_shards, entries = read_index(Path(prefix + ".index"))
+    assert num_shards == 3
+    assert {entry.shard_id for entry in entries.values()} == {0, 1, 2}
+
+
+def test_bfloat16_stored_dtype(make_checkpoint):
+    reader = BundleReader(make_checkpoint(**CHECKPOINT_OPTIONS["mixed"]))
+    assert reader.dtype("conv2d/kernel") == "bfloat16"
+    assert reader.dtype("dense/kernel") == "float32"
+    assert reader.dtype("global_step") == "int64"
+
+
+def copy_checkpoint(prefix, target_dir):
+    target_dir.mkdir()
+    for path in Path(prefix).parent.glob(Path(prefix).name + ".*"):
+        shutil.copy(path, target_dir / path.name)
+    return str(target_dir / Path(prefix).name)
+
+
+def test_flipped_byte_fails_crc(make_checkpoint, tmp_path):
+    prefix = copy_checkpoint(make_checkpoint(storage="float32"), tmp_path / "copy")
+    reader = BundleReader(prefix)
+    entry = reader.entry("conv2d_5/kernel")
+    data = shard_path(prefix, entry.shard_id, reader.num_shards)
+    with open(data, "r+b") as f:
+        f.seek(entry.offset + entry.size // 2)
+        byte = f.read(1)
+        f.seek(entry.offset + entry.size // 2)
+        f.write(bytes([byte[0] ^ 0x40]))
+    reader = BundleReader(prefix)
+    with pytest.raises(CheckpointError, match=r"conv2d_5/kernel in .*data-00000-of-00001 fails its CRC32C"):
+        reader.read("conv2d_5/kernel")
+    assert reader.read("conv2d_4/kernel").shape == (1, 1, 64, 256)
+
+
+def test_truncated_shard_rejected(make_checkpoint, tmp_path):
+    prefix = copy_checkpoint(make_checkpoint(storage="float32"), tmp_path / "copy")
+    data = Path(prefix + ".data-00000-of-00001")
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    with pytest.raises(CheckpointError, match=r"data-00000-of-00001 is truncated: tensor "):
+        BundleReader(prefix)
+
+
+def test_missing_shard_named(make_checkpoint, tmp_path):
+    prefix = copy_checkpoint(make_checkpoint(**CHECKPOINT_OPTIONS["sharded"]), tmp_path / "copy")
+    Path(prefix + ".data-00001-of-00003").unlink()
+    with pytest.raises(CheckpointError, match=r"Missing checkpoint data shard .*data-00001-of-00003"):
+        BundleReader(prefix)
+
+
+def test_index_without_data(make_checkpoint, tmp_path):
+    prefix = copy_checkpoint(make_checkpoint(storage="float32"), tmp_path / "copy")
+    Path(prefix + ".data-00000-of-00001").unlink()
+    with pytest.raises(CheckpointError, match="Missing checkpoint data shard"):
+        open_checkpoint(prefix)
+
+
+def test_corrupt_index_rejected(tmp_path):
+    (tmp_path / "model.ckpt.index").write_bytes(b"\0" * 100)
+    with pytest.raises(CheckpointError, match="not a TensorFlow checkpoint index"):
+        BundleReader(str(tmp_path / "model.ckpt"))
+
+
+@pytest.mark.parametrize("suffix", ["", ".index", ".data-00000-of-00001"])
+def test_resolve_prefix_forms(make_checkpoint, suffix):
+    prefix = make_checkpoint(storage="float32")
+    assert resolve_prefix(prefix + suffix) == prefix
+
+
+def test_resolve_directory_without_state_file(make_checkpoint):
+    prefix = make_checkpoint(storage="float32")
+    directory = Path(prefix).parent
+    assert not (directory / "checkpoint").exists()
+    assert resolve_prefix(directory) == prefix
+
+
+def test_directory_with_two_checkpoints(make_checkpoint, tmp_path):
+    prefix = make_checkpoint(storage="float32")
+    for name in ("a.ckpt", "b.ckpt"):
+        for path in Path(prefix).parent.glob("model.ckpt.*"):
+            shutil.copy(path, tmp_path / path.name.replace("model.ckpt", name))
+    with pytest.raises(CheckpointError, match=r"holds 2 checkpoints: .*a\.ckpt, .*b\.ckpt"):
+        resolve_prefix(tmp_path)
+
+
+def test_empty_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no .index file"):
+        resolve_prefix(tmp_path)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_prefix(tmp_path / "nowhere" / "model.ckpt")
