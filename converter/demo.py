@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 DEMO_DEPTH = 50
 DEMO_IMAGE_SIZE = 160
+# Size of the generated eval set: 13 images in batches of 4 exercise the final partial batch.
+DEMO_EVAL_IMAGES = 13
+DEMO_EVAL_BATCH = 4
 
 
 def write_demo_checkpoint(directory: str | Path, depth: int = DEMO_DEPTH, num_classes: int = 1000,
@@ -33,11 +36,34 @@ def write_demo_checkpoint(directory: str | Path, depth: int = DEMO_DEPTH, num_cl
                                      num_shards=num_shards)
 
 
+def demo_jpegs(count: int, seed: int = 0) -> list[tuple[bytes, int, str]]:
+    """Return `count` smooth random JPEG images of assorted sizes with labels in 1..1000."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(count):
+        height, width = int(rng.integers(120, 400)), int(rng.integers(120, 400))
+        rows = np.linspace(0.0, 1.0, height)[:, None, None]
+        cols = np.linspace(0.0, 1.0, width)[None, :, None]
+        base = rng.uniform(0, 255, 3)
+        slope_rows, slope_cols = rng.normal(0, 90, 3), rng.normal(0, 90, 3)
+        pixels = base + slope_rows * rows + slope_cols * cols
+        pixels += rng.normal(0, 6, (height, width, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG")
+        examples.append((buffer.getvalue(), int(rng.integers(1, 1001)), f"demo_{i:03d}.JPEG"))
+    return examples
+
+
 @dataclasses.dataclass
 class DemoStep:
     name: str
     seconds: float
     detail: str
+    ok: bool = True
 
 
 def run_demo(workdir: str | Path | None = None, image_size: int = DEMO_IMAGE_SIZE,
@@ -49,8 +75,8 @@ def run_demo(workdir: str | Path | None = None, image_size: int = DEMO_IMAGE_SIZ
     report = report or (lambda step: None)
     steps: list[DemoStep] = []
 
-    def record(name: str, start: float, detail: str) -> None:
-        step = DemoStep(name, time.perf_counter() - start, detail)
+    def record(name: str, start: float, detail: str, ok: bool = True) -> None:
+        step = DemoStep(name, time.perf_counter() - start, detail, ok)
         steps.append(step)
         report(step)
 
@@ -78,4 +104,25 @@ def run_demo(workdir: str | Path | None = None, image_size: int = DEMO_IMAGE_SIZ
         record("load", start, f"loaded {weights_file.name} into the Keras 3 model "
                f"({model.count_params():,} parameters); logits shape {logits.shape}, "
                f"finite: {bool(np.isfinite(logits).all())}")
+
+        from converter.parity import run_parity_check
+        start = time.perf_counter()
+        parity = run_parity_check(prefix, weights_file, image_size=image_size, random_images=4)
+        record("parity-check", start, "Keras model against the original graph: "
+               + ("within tolerance" if parity.passed else "OUTSIDE tolerance")
+               + "\n" + parity.format_table(), ok=parity.passed)
+        if not parity.passed:
+            return steps
+
+        from converter.eval_data import write_tfrecords
+        from converter.evaluation import evaluate
+        start = time.perf_counter()
+        data_dir = root / "eval-data"
+        write_tfrecords(demo_jpegs(DEMO_EVAL_IMAGES), data_dir, num_shards=2)
+        result = evaluate(data_dir, image_size, weights_file=weights_file,
+                          batch_size=DEMO_EVAL_BATCH, show_progress=False)
+        record("eval", start, f"evaluated {DEMO_EVAL_IMAGES} generated images in batches of "
+               f"{DEMO_EVAL_BATCH}: {result.num_images} counted, top-1 {result.top1_correct}, "
+               f"top-5 {result.top5_correct} (random weights, so accuracy is chance level)",
+               ok=result.num_images == DEMO_EVAL_IMAGES)
     return steps

@@ -10,8 +10,8 @@ April 2021 (`CROP_PADDING = 32`) and `resnet_main.py`:
    centers) to `image_size` x `image_size`, without clipping;
 3. subtract `255 * MEAN_RGB` and divide by `255 * STDDEV_RGB`, both float32 constants.
 
-`crop_fraction` switches step 1 to a fixed fraction of the short side (0.875 in later
-tensorflow/tpu and Model Garden configs).
+`crop_fraction` switches step 1 to a fixed fraction of the short side, as the later Model
+Garden configs do (`center_crop_fraction`, default 0.875), keeping the offsets of step 1.
 
 ImageNet contains grayscale and CMYK JPEGs and a few PNGs named `.JPEG`. TensorFlow's JPEG
 decoder turns the first two into RGB itself. Other formats are recognised from their first
@@ -50,8 +50,8 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 def normalize(images):
     """Normalize 0..255 RGB pixels: `(x - 255 * MEAN_RGB) / (255 * STDDEV_RGB)`.
 
-    Takes and returns a NumPy array (float32) or a TensorFlow tensor (float32); the last
-    axis holds the RGB channels.
+    Takes and returns a NumPy array or a TensorFlow tensor, float32, with the RGB channels
+    on the last axis.
     """
     if isinstance(images, np.ndarray):
         pixels = images.astype(np.float32, copy=False)
@@ -81,8 +81,8 @@ def _crop_side(height: tf.Tensor, width: tf.Tensor, image_size: int, crop_paddin
         ratio = crop_fraction
     short_side = tf.cast(tf.minimum(height, width), tf.float32)
     side = tf.cast(ratio * short_side, tf.int32)
-    # NOTE: the original code fails on images whose crop rounds to 0 px (a short side of
-    # 1 px); one pixel is kept here instead so that such an image still yields an output.
+    # NOTE: the original code fails when the crop rounds to 0 px, at a short side of 1 px.
+    # This keeps one pixel instead, so such an image still yields an output.
     return tf.maximum(side, 1)
 
 
@@ -91,9 +91,22 @@ def _center_crop_window(shape: tf.Tensor, image_size: int, crop_padding: int,
     """Return [offset_height, offset_width, side, side] of the centered eval crop."""
     height, width = shape[0], shape[1]
     side = _crop_side(height, width, image_size, crop_padding, crop_fraction)
+    # NOTE: Model Garden's `center_crop_image_v2` offsets by int((dim - fraction * short) / 2)
+    # from the untruncated side, which can land one pixel before this offset.
     offset_height = ((height - side) + 1) // 2
     offset_width = ((width - side) + 1) // 2
     return tf.stack([offset_height, offset_width, side, side])
+
+
+def center_crop_window(height: int, width: int, image_size: int,
+                       crop_padding: int = CROP_PADDING,
+                       crop_fraction: float | None = None) -> tuple[int, int, int]:
+    """Return (offset_height, offset_width, side) of the eval crop of a height x width image."""
+    _check_crop_options(image_size, crop_padding, crop_fraction)
+    window = _center_crop_window(tf.constant([height, width, 3], tf.int32), image_size,
+                                 crop_padding, crop_fraction)
+    offset_height, offset_width, side, _ = (int(v) for v in window.numpy())
+    return offset_height, offset_width, side
 
 
 def _decode_jpeg_crop(image_bytes: tf.Tensor, image_size: int, crop_padding: int,
@@ -132,8 +145,10 @@ def preprocess_image_bytes(image_bytes, image_size: int, crop_padding: int = CRO
         is_jpeg(image_bytes),
         lambda: _decode_jpeg_crop(image_bytes, image_size, crop_padding, crop_fraction),
         lambda: _decode_other_crop(image_bytes, image_size, crop_padding, crop_fraction))
-    resized = tf.compat.v1.image.resize_bicubic(
-        crop[tf.newaxis], [image_size, image_size], align_corners=False,
+    # The op behind TF1 `tf.compat.v1.image.resize_bicubic`, called directly to skip its
+    # deprecation message; uint8 in, float32 out.
+    resized = tf.raw_ops.ResizeBicubic(
+        images=crop[tf.newaxis], size=[image_size, image_size], align_corners=False,
         half_pixel_centers=False)[0]
     resized = tf.reshape(resized, [image_size, image_size, 3])
     return normalize(resized)

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "converter.cli.list_variants",
     "converter.cli.fetch",
     "converter.cli.table",
+    "converter.cli.export",
     "converter.cli.parity",
     "converter.cli.evaluate",
 )

@@ -17,4 +17,8 @@ def command(workdir):
         click.echo(f"[{step.name}] {step.detail} ({step.seconds:.1f} s)")
 
     steps = run_demo(workdir, report=show)
-    click.echo(f"Demo finished: {len(steps)} steps.")
+    failed = [step.name for step in steps if not step.ok]
+    if failed:
+        click.echo(f"Demo failed at: {', '.join(failed)}.", err=True)
+        raise SystemExit(1)
+    click.echo(f"Demo finished: {len(steps)} steps passed.")

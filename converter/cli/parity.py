@@ -1,0 +1,64 @@
+"""`rsconvert parity-check`: the converted Keras model against the original graph."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from converter.cli.options import (checkpoint_option, depth_option, resolve_variant,
+                                   variant_option, weights_choice_option)
+from converter.errors import RsconvertError
+
+# Exit status when the check ran but a stage is beyond tolerance (bad input exits with 2).
+EXIT_PARITY_FAILED = 1
+
+
+@click.command("parity-check")
+@checkpoint_option()
+@click.option("--weights-file", required=True, metavar="FILE.h5",
+              help="The rsconvert .h5 weights file to check.")
+@variant_option
+@depth_option
+@click.option("--image-size", "--image_size", "image_size", type=int, default=None,
+              help="Input side in pixels; default: the variant's size, else 224.")
+@click.option("--images", "image_option", multiple=True, metavar="IMAGE",
+              help="Image files (JPEG, PNG) to compare on, preprocessed like the release "
+                   "eval; more paths may follow the first without repeating --images.")
+@click.argument("more_images", nargs=-1, metavar="[IMAGE]...")
+@click.option("--random", "random_images", type=int, default=None, metavar="N",
+              help="Compare on N photo-like random images instead of files; 2 when neither "
+                   "--images nor --random is given.")
+@click.option("--seed", type=int, default=0, help="Seed for --random.")
+@weights_choice_option
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              help="How the original graph runs: float32, or bfloat16 as on the TPU (then "
+                   "the bfloat16-vs-float32 logit gap is reported too).")
+@click.option("--crop-padding", type=int, default=32,
+              help="Eval crop: side = size / (size + padding) x the short side, in pixels.")
+@click.option("--batch-size", type=int, default=8, help="Images per forward pass.")
+@click.option("--json", "json_path", default=None, metavar="FILE.json",
+              help="Also write the full report as JSON to this file.")
+def command(checkpoint, weights_file, variant, depth, image_size, image_option, more_images,
+            random_images, seed, weights, precision, crop_padding, batch_size, json_path):
+    """Compare a converted .h5 with the original graph, stage by stage.
+
+    Exits with 0 when every stage is within tolerance, 1 when one is not, 2 on bad input.
+    """
+    from converter.parity import DEFAULT_IMAGE_SIZE, run_parity_check
+
+    _, checkpoint, depth_value, image_size = resolve_variant(variant, checkpoint, depth,
+                                                             image_size)
+    if checkpoint is None:
+        raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
+    if more_images and not image_option:
+        raise RsconvertError(f"Unexpected argument {more_images[0]!r}; pass image files "
+                             "after --images.")
+    report = run_parity_check(
+        checkpoint, weights_file, depth=depth_value, image_size=image_size or DEFAULT_IMAGE_SIZE,
+        images=list(image_option) + list(more_images), random_images=random_images, seed=seed,
+        weights=weights, precision=precision, crop_padding=crop_padding, batch_size=batch_size,
+        json_path=json_path)
+    click.echo(report.format_table())
+    if not report.passed:
+        sys.exit(EXIT_PARITY_FAILED)
