@@ -38,8 +38,12 @@ DEFAULT_BACKOFF_S = 2.0
 MAX_BACKOFF_S = 60.0
 LOG_INTERVAL_S = 10.0
 PART_SUFFIX = ".part"
-# Statuses worth retrying: request timeout, too early, rate limited, and every 5xx.
+# 4xx statuses worth retrying (408 Request Timeout, 425 Too Early, 429 Too Many Requests).
+# Every 5xx status is retried too.
 TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429})
+# Ends every UnsafeArchiveError message. The staging directory is removed on any error.
+_REJECTED = "The archive was rejected and nothing from it was kept."
+
 
 # A shard of TensorFlow checkpoint data: PREFIX.data-00000-of-00002.
 _DATA_SHARD = re.compile(r"^(?P<prefix>.+)\.data-(?P<index>\d{5})-of-(?P<count>\d{5})$")
@@ -92,7 +96,7 @@ class _TransientError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class FetchResult:
-    """Where a variant's checkpoint is, and whether this call downloaded it."""
+    """The location of a fetched checkpoint, and whether this call downloaded it."""
 
     variant: Variant
     path: Path
@@ -136,7 +140,7 @@ def catalog_entries(root: Path | None = None, base_url: str | None = None) -> li
 
 
 def checkpoint_prefixes(directory: Path) -> list[Path]:
-    """Return the checkpoint prefixes in `directory` whose .index file and every data shard exist."""
+    """Return the prefixes in `directory` whose .index file and all .data shards exist."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -162,7 +166,7 @@ def checkpoint_prefixes(directory: Path) -> list[Path]:
 
 
 def is_checkpoint_dir(directory: Path) -> bool:
-    """Return whether `directory` holds at least one complete checkpoint (.index and all .data shards)."""
+    """Return whether `directory` contains a complete checkpoint (.index and all .data shards)."""
     return bool(checkpoint_prefixes(directory))
 
 
@@ -200,6 +204,8 @@ def fetch_variant(
             f"{target} exists but contains no complete checkpoint (.index and .data files). "
             "Remove it, or pass --force to replace it.")
 
+    url = variant.url(base_url)
+    _check_url(url)
     root.mkdir(parents=True, exist_ok=True)
     archive = root / variant.archive_name
     part = archive.with_name(archive.name + PART_SUFFIX)
@@ -209,7 +215,6 @@ def fetch_variant(
 
     downloaded = not archive.exists()
     if downloaded:
-        url = variant.url(base_url)
         logger.info("Downloading %s to %s", url, archive)
         if progress is None:
             progress = LogProgress(f"Downloading {variant.archive_name}")
@@ -220,12 +225,14 @@ def fetch_variant(
 
     try:
         extract_checkpoint(archive, target, replace=force)
-    except CheckpointError:
+    except CheckpointError as error:
         # A bad download is useless, so the next call starts afresh. An archive that the user
         # put there stays for them to inspect.
         if downloaded:
             archive.unlink(missing_ok=True)
-        raise
+            raise type(error)(f"{error} The downloaded archive was deleted.") from None
+        raise type(error)(f"{error} Replace or delete {archive} and run the command again.") \
+            from None
 
     if downloaded and not keep_archive:
         archive.unlink()
@@ -253,32 +260,31 @@ def download(
     """
     path = Path(path)
     _check_url(url)
-    part = path.with_name(path.name + PART_SUFFIX)
+    transfer = _Transfer(url, path.with_name(path.name + PART_SUFFIX), timeout_s, progress)
     # NOTE: a .part file left by an earlier run is resumed without checking that the file on
     # the server is unchanged (no If-Range). A changed file shows up as a corrupt archive
     # when unpacking, and fetch_variant then deletes it.
-    expected_total: int | None = None
     failures = 0
     while True:
-        offset = _file_size(part)
+        offset = transfer.part_size()
         try:
-            size, expected_total = _transfer(url, part, offset, expected_total, timeout_s, progress)
+            size = transfer.attempt()
             break
         except _TransientError as error:
-            if _file_size(part) > offset:
+            if transfer.part_size() > offset:
                 failures = 0
             failures += 1
             if failures > retries:
                 raise DownloadError(
                     f"Downloading {url} failed after {retries} retries: {error}. "
-                    f"Run the command again to resume from {_file_size(part)} bytes "
-                    f"in {part}.") from None
+                    f"Run the command again to resume from {transfer.part_size()} bytes "
+                    f"in {transfer.part}.") from None
             delay = min(backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S)
             logger.warning("Download of %s interrupted at %d bytes (%s); retry %d of %d in %.1f s.",
-                           url, _file_size(part), error, failures, retries, delay)
+                           url, transfer.part_size(), error, failures, retries, delay)
             time.sleep(delay)
 
-    part.replace(path)
+    transfer.part.replace(path)
     logger.info("Downloaded %s (%d bytes)", url, size)
     return size
 
@@ -291,120 +297,130 @@ def _check_url(url: str) -> None:
             "Check --base-url or the RSCONVERT_BASE_URL environment variable.")
 
 
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+@dataclasses.dataclass
+class _Transfer:
+    """One download across its attempts, each appending to the `part` file."""
 
+    url: str
+    part: Path
+    timeout_s: float
+    progress: ProgressCallback | None
+    # The size that the first response with one announced; later responses must agree.
+    total: int | None = None
 
-def _transfer(url: str, part: Path, offset: int, expected_total: int | None, timeout_s: float,
-              progress: ProgressCallback | None) -> tuple[int, int | None]:
-    """Make one request, append what arrives to `part`, and return (size on disk, total)."""
-    request = urllib.request.Request(url, headers={
-        "User-Agent": f"rsconvert/{__version__}",
-        # The archive is already compressed; a transfer encoding would change the byte counts.
-        "Accept-Encoding": "identity",
-    })
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
+    def part_size(self) -> int:
+        try:
+            return self.part.stat().st_size
+        except FileNotFoundError:
+            return 0
 
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
-    except urllib.error.HTTPError as error:
-        with error:
-            return _handle_http_error(url, part, offset, error)
-    except (OSError, HTTPException) as error:
-        # URLError (refused, DNS, TLS), timeouts and resets are all OSError subclasses.
-        raise _TransientError(_describe(error)) from None
+    def attempt(self) -> int:
+        """Request the bytes missing from `part`, append them, and return the size on disk."""
+        offset = self.part_size()
+        request = urllib.request.Request(self.url, headers={
+            "User-Agent": f"rsconvert/{__version__}",
+            # The archive is already compressed; a content encoding would change the byte counts.
+            "Accept-Encoding": "identity",
+        })
+        if offset:
+            request.add_header("Range", f"bytes={offset}-")
 
-    with response:
-        if response.status == 206:
-            start, total = _parse_content_range(url, response.headers.get("Content-Range"))
-            if start != offset:
-                part.unlink(missing_ok=True)
-                raise _TransientError(
-                    f"the server sent bytes from {start} when {offset} were requested; restarting")
-            mode = "ab"
-        elif response.status == 200:
-            if offset:
-                logger.info("The server ignored the Range request; restarting %s from byte 0.", url)
-            offset = 0
-            total = _content_length(response)
-            mode = "wb"
-        else:
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout_s)
+        except urllib.error.HTTPError as error:
+            with error:
+                return self._handle_http_error(offset, error)
+        except (OSError, HTTPException) as error:
+            # URLError (refused, DNS, TLS), timeouts and resets are all OSError subclasses.
+            raise _TransientError(_describe(error)) from None
+
+        with response:
+            if response.status == 206:
+                start, total = self._parse_content_range(response.headers.get("Content-Range"))
+                if start != offset:
+                    self.part.unlink(missing_ok=True)
+                    raise _TransientError(
+                        f"the server sent bytes from {start} when {offset} were requested; "
+                        "restarting")
+                mode = "ab"
+            elif response.status == 200:
+                if offset:
+                    logger.info("The server ignored the Range request; restarting %s from byte 0.",
+                                self.url)
+                offset = 0
+                total = _content_length(response)
+                mode = "wb"
+            else:
+                raise DownloadError(
+                    f"Downloading {self.url} failed: unexpected HTTP status {response.status}.")
+            self._record_total(total)
+            size = self._copy_body(response, mode, offset)
+
+        if self.total is not None and size < self.total:
+            raise _TransientError(f"the connection closed after {size} of {self.total} bytes")
+        if self.total is not None and size > self.total:
+            self.part.unlink()
             raise DownloadError(
-                f"Downloading {url} failed: unexpected HTTP status {response.status}.")
+                f"Downloading {self.url} received {size} bytes but the server announced "
+                f"{self.total}. Run the command again to start over.")
+        return size
 
-        _check_total(url, part, expected_total, total)
-        size = _copy_body(response, part, mode, offset, total, progress)
-
-    if total is not None and size < total:
-        raise _TransientError(f"the connection closed after {size} of {total} bytes")
-    if total is not None and size > total:
-        part.unlink()
+    def _handle_http_error(self, offset: int, error: urllib.error.HTTPError) -> int:
+        if error.code == 416 and offset:
+            # Range Not Satisfiable: the part file may already hold the whole file.
+            match = _UNSATISFIED_RANGE.match(error.headers.get("Content-Range") or "")
+            if match:
+                self._record_total(int(match["total"]))
+                if self.total == offset:
+                    return offset
+            self.part.unlink(missing_ok=True)
+            raise _TransientError(f"the server rejected resuming at byte {offset}; restarting")
+        if error.code >= 500 or error.code in TRANSIENT_HTTP_STATUSES:
+            raise _TransientError(f"HTTP {error.code} {error.reason}")
         raise DownloadError(
-            f"Downloading {url} received {size} bytes but the server announced {total}. "
-            "Run the command again to start over.")
-    return size, total
+            f"Downloading {self.url} failed: HTTP {error.code} {error.reason}. Check the variant "
+            "name and the base URL (--base-url or the RSCONVERT_BASE_URL environment variable).")
 
+    def _parse_content_range(self, header: str | None) -> tuple[int, int | None]:
+        match = _CONTENT_RANGE.match(header or "")
+        if not match:
+            raise DownloadError(
+                f"Downloading {self.url} failed: a partial response has an invalid "
+                f"Content-Range header. Received: {header!r}.")
+        total = None if match["total"] == "*" else int(match["total"])
+        return int(match["start"]), total
 
-def _handle_http_error(url: str, part: Path, offset: int,
-                       error: urllib.error.HTTPError) -> tuple[int, int | None]:
-    if error.code == 416 and offset:
-        # Range Not Satisfiable: the part file may already hold the whole file.
-        match = _UNSATISFIED_RANGE.match(error.headers.get("Content-Range") or "")
-        if match and int(match["total"]) == offset:
-            return offset, offset
-        part.unlink(missing_ok=True)
-        raise _TransientError(f"the server rejected resuming at byte {offset}; restarting")
-    if error.code >= 500 or error.code in TRANSIENT_HTTP_STATUSES:
-        raise _TransientError(f"HTTP {error.code} {error.reason}")
-    raise DownloadError(
-        f"Downloading {url} failed: HTTP {error.code} {error.reason}. Check the variant name "
-        "and the base URL (--base-url or the RSCONVERT_BASE_URL environment variable).")
+    def _record_total(self, total: int | None) -> None:
+        if total is None:
+            return
+        if self.total is not None and total != self.total:
+            self.part.unlink(missing_ok=True)
+            raise DownloadError(
+                f"The size of {self.url} changed from {self.total} to {total} bytes during the "
+                "download. Run the command again to start over.")
+        self.total = total
 
-
-def _parse_content_range(url: str, header: str | None) -> tuple[int, int | None]:
-    match = _CONTENT_RANGE.match(header or "")
-    if not match:
-        raise DownloadError(
-            f"Downloading {url} failed: a partial response has an invalid Content-Range "
-            f"header. Received: {header!r}.")
-    total = None if match["total"] == "*" else int(match["total"])
-    return int(match["start"]), total
+    def _copy_body(self, response, mode: str, offset: int) -> int:
+        size = offset
+        with open(self.part, mode) as out:
+            if self.progress is not None:
+                self.progress(size, self.total)
+            while True:
+                try:
+                    chunk = response.read(CHUNK_BYTES)
+                except (OSError, HTTPException) as error:
+                    raise _TransientError(_describe(error)) from None
+                if not chunk:
+                    return size
+                out.write(chunk)
+                size += len(chunk)
+                if self.progress is not None:
+                    self.progress(size, self.total)
 
 
 def _content_length(response) -> int | None:
     header = response.headers.get("Content-Length")
     return int(header) if header and header.isdigit() else None
-
-
-def _check_total(url: str, part: Path, expected_total: int | None, total: int | None) -> None:
-    if expected_total is not None and total is not None and total != expected_total:
-        part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"The size of {url} changed from {expected_total} to {total} bytes during the "
-            "download. Run the command again to start over.")
-
-
-def _copy_body(response, part: Path, mode: str, offset: int, total: int | None,
-               progress: ProgressCallback | None) -> int:
-    size = offset
-    with open(part, mode) as out:
-        if progress is not None:
-            progress(size, total)
-        while True:
-            try:
-                chunk = response.read(CHUNK_BYTES)
-            except (OSError, HTTPException) as error:
-                raise _TransientError(_describe(error)) from None
-            if not chunk:
-                return size
-            out.write(chunk)
-            size += len(chunk)
-            if progress is not None:
-                progress(size, total)
 
 
 def _describe(error: BaseException) -> str:
@@ -414,7 +430,7 @@ def _describe(error: BaseException) -> str:
 
 
 def extract_checkpoint(archive: Path, target: Path, *, replace: bool = False) -> Path:
-    """Unpack the checkpoint in `archive` so that `target` holds its .index and .data files.
+    """Unpack the checkpoint in the .tar.gz `archive` into the folder `target`.
 
     The archive may nest the checkpoint in any folder, but exactly one folder may contain
     checkpoint files, and files outside it are dropped. Members are unpacked into a
@@ -446,7 +462,7 @@ def extract_checkpoint(archive: Path, target: Path, *, replace: bool = False) ->
 def _unpack_members(archive: Path, dest: Path) -> None:
     dest_resolved = dest.resolve()
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
                 relative = _member_path(member, archive)
                 if relative is None:
@@ -456,7 +472,7 @@ def _unpack_members(archive: Path, dest: Path) -> None:
                 if not path.resolve().is_relative_to(dest_resolved):
                     raise UnsafeArchiveError(
                         f"{archive} contains {member.name!r}, which would be written outside "
-                        "the destination. The archive was rejected; nothing was unpacked.")
+                        f"the destination. {_REJECTED}")
                 if member.isdir():
                     path.mkdir(parents=True, exist_ok=True)
                     continue
@@ -469,9 +485,8 @@ def _unpack_members(archive: Path, dest: Path) -> None:
             while tar.fileobj.read(CHUNK_BYTES):
                 pass
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise CheckpointError(
-            f"{archive} is not a readable .tar.gz archive ({error}). Delete it and download it "
-            "again.") from None
+        detail = " ".join(str(error).split())
+        raise CheckpointError(f"{archive} is not a readable .tar.gz archive ({detail}).") from None
 
 
 def _member_path(member: tarfile.TarInfo, archive: Path) -> PurePosixPath | None:
@@ -479,23 +494,20 @@ def _member_path(member: tarfile.TarInfo, archive: Path) -> PurePosixPath | None
     name = member.name
     if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
         raise UnsafeArchiveError(
-            f"{archive} contains a member with an absolute path, {name!r}. The archive was "
-            "rejected; nothing was unpacked.")
+            f"{archive} contains a member with an absolute path, {name!r}. {_REJECTED}")
     parts = [part for part in PurePosixPath(name).parts if part != "."]
     if ".." in parts:
         raise UnsafeArchiveError(
             f"{archive} contains a member whose path leaves the destination through '..', "
-            f"{name!r}. The archive was rejected; nothing was unpacked.")
+            f"{name!r}. {_REJECTED}")
     if member.issym() or member.islnk():
         kind = "symbolic link" if member.issym() else "hard link"
         raise UnsafeArchiveError(
-            f"{archive} contains a {kind}, {name!r} -> {member.linkname!r}; checkpoint "
-            "archives hold only files and folders. The archive was rejected; nothing was "
-            "unpacked.")
+            f"{archive} contains a {kind}, {name!r} -> {member.linkname!r}, but checkpoint "
+            f"archives contain only files and folders. {_REJECTED}")
     if not (member.isreg() or member.isdir()):
         raise UnsafeArchiveError(
-            f"{archive} contains {name!r}, which is neither a file nor a folder. The archive "
-            "was rejected; nothing was unpacked.")
+            f"{archive} contains {name!r}, which is neither a file nor a folder. {_REJECTED}")
     if not parts:
         return None
     return PurePosixPath(*parts)
@@ -511,8 +523,8 @@ def _apply_tarfile_filter(member: tarfile.TarInfo, dest: Path, archive: Path) ->
         data_filter(member, str(dest))
     except tarfile.FilterError as error:
         raise UnsafeArchiveError(
-            f"{archive} contains an unsafe member {member.name!r} ({error}). The archive was "
-            "rejected; nothing was unpacked.") from None
+            f"{archive} contains an unsafe member {member.name!r} ({error}). {_REJECTED}") \
+            from None
 
 
 def _find_checkpoint_dir(root: Path, archive: Path) -> Path:

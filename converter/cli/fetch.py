@@ -58,7 +58,7 @@ def download_progress(label: str) -> Iterator[ProgressCallback | None]:
               show_default=f"checkpoints/ of the source tree, or ${CHECKPOINTS_ENV}",
               help="Folder that receives VARIANT/ with the checkpoint files.")
 @click.option("--base-url", envvar=BASE_URL_ENV, default=DEFAULT_BASE_URL, show_default=True,
-              show_envvar=True, help="URL of the folder that holds VARIANT.tar.gz.")
+              show_envvar=True, help="URL of the folder that contains VARIANT.tar.gz.")
 @click.option("--force", is_flag=True,
               help="Download and unpack again even if the checkpoint is already present.")
 @click.option("--keep-archive", is_flag=True, help="Keep VARIANT.tar.gz after unpacking it.")

@@ -32,7 +32,7 @@ def format_catalog(entries: list[CatalogEntry]) -> str:
               show_default=f"checkpoints/ of the source tree, or ${CHECKPOINTS_ENV}",
               help="Folder searched for downloaded checkpoints.")
 @click.option("--base-url", envvar=BASE_URL_ENV, default=DEFAULT_BASE_URL, show_default=True,
-              show_envvar=True, help="URL of the folder that holds the archives.")
+              show_envvar=True, help="URL of the folder that contains the archives.")
 def command(as_json: bool, dest: Path | None, base_url: str) -> None:
     """List the official ResNet-RS checkpoints."""
     entries = catalog_entries(dest, base_url)
