@@ -1,7 +1,7 @@
 """The 1000 ImageNet-1k classes: WordNet ids (wnids) and names, in model class order.
 
 Class index `i` is the position of the wnid in the sorted list of the 1000 ILSVRC2012
-wnids; the tensorflow/tpu `imagenet_to_gcs` TFRecords store `i + 1` as `image/class/label`.
+wnids. The tensorflow/tpu `imagenet_to_gcs` TFRecords store `i + 1` as `image/class/label`.
 Both lists ship as package data (`converter/data/imagenet_wnids.txt` and
 `imagenet_class_names.txt`, one entry a line, the same order).
 """
