@@ -138,3 +138,46 @@ def test_empty_directory(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve_prefix(tmp_path / "nowhere" / "model.ckpt")
+
+
+def write_partitioned_checkpoint(directory):
+    """Write an RS-50 checkpoint whose dense kernel shadow is saved as two slices."""
+    import tensorflow as tf
+
+    from converter.checkpoint.synthetic import checkpoint_tensors, random_variables
+
+    tensors = checkpoint_tensors(random_variables(50), ema=True, momentum=False)
+    dense = tensors.pop("dense/kernel/ExponentialMovingAverage")
+    names = sorted(tensors)
+    prefix = str(directory / "model.ckpt")
+    tf.raw_ops.SaveV2(
+        prefix=prefix,
+        tensor_names=names + ["dense/kernel/ExponentialMovingAverage"] * 2,
+        shape_and_slices=[""] * len(names) + ["2048 1000 0,1024:-", "2048 1000 1024,1024:-"],
+        tensors=[tf.constant(tensors[n]) for n in names]
+        + [tf.constant(dense[:1024]), tf.constant(dense[1024:])])
+    return prefix, dense
+
+
+def test_partitioned_variable_falls_back(tmp_path, caplog):
+    import h5py
+
+    from converter.convert import convert_checkpoint
+    from converter.errors import UnsupportedBundleFeature
+
+    prefix, dense = write_partitioned_checkpoint(tmp_path)
+    with pytest.raises(UnsupportedBundleFeature, match="sliced .*dense/kernel/ExponentialMovingAverage"):
+        BundleReader(prefix)
+    report = convert_checkpoint(prefix, tmp_path / "out.h5")
+    assert report.reader_backend == "tensorflow"
+    assert "using TensorFlow's checkpoint reader instead" in caplog.text
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert np.array_equal(f["predictions/predictions/kernel:0"][()], dense)
+
+
+def test_bundle_backend_does_not_fall_back(tmp_path):
+    from converter.errors import UnsupportedBundleFeature
+
+    prefix, _ = write_partitioned_checkpoint(tmp_path)
+    with pytest.raises(UnsupportedBundleFeature, match="sliced"):
+        open_checkpoint(prefix, backend="bundle")

@@ -207,7 +207,14 @@ def read_index(path: Path) -> tuple[int, dict[str, BundleEntry]]:
                 if big_endian:
                     raise UnsupportedBundleFeature(f"a big-endian checkpoint ({path})")
                 continue
-            name = key.decode("utf-8")
+            if key.startswith(b"\x00"):
+                # Slice entries of partitioned variables have binary keys starting with a
+                # zero byte; their full tensor's entry lists the slices.
+                continue
+            try:
+                name = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UnsupportedBundleFeature(f"a tensor name that is not UTF-8 ({key!r})") from None
             entries[name] = _parse_entry(name, value)
     if num_shards is None:
         raise CheckpointError(f"{path} has no bundle header; it is not a TF checkpoint index")
