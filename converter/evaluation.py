@@ -31,6 +31,7 @@ import click
 import numpy as np
 
 from converter import imagenet_classes
+from converter.arguments import require_at_least, require_choice
 from converter.errors import DataError, OutputError, RsconvertError, WeightsFileError
 from converter.eval_data import EvalSet, check_labels, open_eval_data
 from converter.h5_weights import atomic_output, check_output_path
@@ -227,19 +228,13 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
 
 
 def _check_options(batch_size, limit, precision, crop_padding, weights) -> None:
-    if batch_size < 1:
-        raise RsconvertError(f"Invalid batch size {batch_size}; expected 1 or more images.")
-    if limit is not None and limit < 1:
-        raise RsconvertError(f"Invalid limit {limit}; expected 1 or more images, or no limit.")
-    if precision not in PRECISION_POLICIES:
-        raise RsconvertError(f"Invalid precision {precision!r}; expected one of "
-                             f"{', '.join(PRECISION_POLICIES)}.")
-    if crop_padding < 0:
-        raise RsconvertError(f"Invalid crop padding {crop_padding}; expected 0 or more pixels "
-                             "(the release used 32).")
-    if weights is not None and weights not in WEIGHT_CHOICES:
-        raise RsconvertError(f"Invalid weights {weights!r}; expected one of "
-                             f"{', '.join(WEIGHT_CHOICES)}.")
+    require_at_least("batch size", batch_size, 1, "1 or more images")
+    if limit is not None:
+        require_at_least("limit", limit, 1, "1 or more images, or no limit")
+    require_choice("precision", precision, PRECISION_POLICIES)
+    require_at_least("crop padding", crop_padding, 0, "0 or more pixels (the release used 32)")
+    if weights is not None:
+        require_choice("weights", weights, WEIGHT_CHOICES)
 
 
 def _check_output_files(results_file, predictions_file) -> dict[str, Path | None]:

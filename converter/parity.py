@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converter.arguments import require_at_least, require_choice
 from converter.errors import RsconvertError, WeightsFileError
 
 logger = logging.getLogger(__name__)
@@ -281,19 +282,12 @@ def _check_options(weights: str, precision: str, image_size: int, images: Sequen
                    random_images: int | None, batch_size: int) -> None:
     from converter.reference_graph import PRECISIONS
 
-    if weights not in WEIGHT_CHOICES:
-        raise RsconvertError(f"Invalid weights {weights!r}; expected one of "
-                             f"{', '.join(WEIGHT_CHOICES)}.")
-    if precision not in PRECISIONS:
-        raise RsconvertError(f"Invalid precision {precision!r}; expected one of "
-                             f"{', '.join(PRECISIONS)}.")
-    if image_size < 1:
-        raise RsconvertError(f"Invalid image size {image_size!r}; expected a positive number "
-                             "of pixels, e.g. 224.")
+    require_choice("weights", weights, WEIGHT_CHOICES)
+    require_choice("precision", precision, PRECISIONS)
+    require_at_least("image size", image_size, 1, "a positive number of pixels, e.g. 224")
     if images and random_images is not None:
         raise RsconvertError("Pass either image files (--images) or --random N, not both.")
-    if batch_size < 1:
-        raise RsconvertError(f"Invalid batch size {batch_size!r}; expected 1 or more.")
+    require_at_least("batch size", batch_size, 1, "1 or more")
 
 
 def _check_weights_file(provenance: dict, weights_file: str, checkpoint: str, depth: int,
