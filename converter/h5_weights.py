@@ -72,6 +72,9 @@ def check_output_path(output: str | Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise OutputError(f"Output file {path} already exists; pass --overwrite to replace it.")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"Output directory {parent} is a file, not a directory; choose "
+                          "another output path.")
     if not parent.is_dir():
         raise OutputError(f"Output directory {parent} does not exist; create it first.")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -87,8 +90,12 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
     existing `target` is left untouched.
     """
     target = check_output_path(target, overwrite)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                         dir=target.parent if str(target.parent) else ".")
+    try:
+        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                             dir=target.parent if str(target.parent) else ".")
+    except OSError as error:
+        raise OutputError(f"Cannot write output {target}: {error.strerror or error}. Choose a "
+                          "writable directory.") from None
     os.close(handle)
     temp = Path(temp_name)
     try:

@@ -41,7 +41,8 @@ class TensorFlowReader:
 
         try:
             return np.asarray(self._reader.get_tensor(name))
-        except tf.errors.OpError as error:
+        except (tf.errors.OpError, IndexError, ValueError) as error:
+            # A short data shard surfaces as IndexError("Read less bytes than requested").
             raise CheckpointError(f"Reading {name} from {self.prefix} failed: {error}") from None
 
     def close(self) -> None:
