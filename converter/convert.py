@@ -19,7 +19,8 @@ import click
 from converter import __version__
 from converter.checkpoint import open_checkpoint, to_float32
 from converter.errors import UnsupportedBundleFeature
-from converter.h5_weights import atomic_output, check_output_path, write_weights
+from converter.h5_weights import write_weights
+from converter.output_files import atomic_output, check_output_path
 from converter.name_map import build_name_map
 
 logger = logging.getLogger(__name__)

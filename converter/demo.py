@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.checkpoint.synthetic import write_original_checkpoint
+from converter.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ def run_demo(workdir: str | Path | None = None, image_size: int = DEMO_IMAGE_SIZ
 
     with tempfile.TemporaryDirectory(prefix="rsconvert-demo-") as scratch:
         root = Path(workdir) if workdir else Path(scratch)
+        if root.exists() and not root.is_dir():
+            raise OutputError(f"--workdir {root} is a file; pass a directory (it is created "
+                              "when missing).")
         root.mkdir(parents=True, exist_ok=True)
 
         start = time.perf_counter()

@@ -15,16 +15,14 @@ An attribute larger than HDF5's 64 KiB object-header limit is split into `name0`
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from converter.errors import OutputError, WeightsFileError
+from converter.errors import WeightsFileError
+# Re-exported: the output-path checks began here and other modules import them from here.
+from converter.output_files import atomic_output, check_output_path  # noqa: F401
 
 # Keras' HDF5_OBJECT_HEADER_LIMIT: attributes above this size are split into chunks.
 HDF5_OBJECT_HEADER_LIMIT = 64512
@@ -61,51 +59,6 @@ def load_attribute(group: h5py.Group, name: str) -> list[str]:
             values.extend(group.attrs[f"{name}{i}"])
             i += 1
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-
-
-def check_output_path(output: str | Path, overwrite: bool) -> Path:
-    """Fail early, before any work, when `output` cannot or must not be written."""
-    path = Path(output)
-    if path.is_dir():
-        raise OutputError(f"Output path {path} is a directory; give a file name such as "
-                          f"{path / 'model.h5'}.")
-    if path.exists() and not overwrite:
-        raise OutputError(f"Output file {path} already exists; pass --overwrite to replace it.")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise OutputError(f"Output directory {parent} is a file, not a directory; choose "
-                          "another output path.")
-    if not parent.is_dir():
-        raise OutputError(f"Output directory {parent} does not exist; create it first.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"Output directory {parent} is not writable.")
-    return path
-
-
-@contextlib.contextmanager
-def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only on success.
-
-    On any exception, KeyboardInterrupt included, the temporary file is removed and an
-    existing `target` is left untouched.
-    """
-    target = check_output_path(target, overwrite)
-    try:
-        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                             dir=target.parent if str(target.parent) else ".")
-    except OSError as error:
-        raise OutputError(f"Cannot write output {target}: {error.strerror or error}. Choose a "
-                          "writable directory.") from None
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
-        yield temp
-        if target.exists() and not overwrite:
-            raise OutputError(f"Output file {target} appeared while writing; not replacing it.")
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def write_weights(path: Path, layers, read_weight, attributes: dict, progress=None) -> None:

@@ -93,6 +93,10 @@ def build_name_map(reader, depth: int | None = None, weights: str = "ema",
             + "; ".join(problems))
 
     if weights == "ema":
+        if not contents.has_ema:
+            raise CheckpointError(
+                f"Checkpoint {reader.prefix} has no {EMA_SUFFIX} tensors. Use --weights raw to "
+                "convert the raw variables instead.")
         no_shadow = sorted(set(expected) - contents.ema)
         if no_shadow:
             raise CheckpointError(

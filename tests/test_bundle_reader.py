@@ -181,3 +181,17 @@ def test_bundle_backend_does_not_fall_back(tmp_path):
     prefix, _ = write_partitioned_checkpoint(tmp_path)
     with pytest.raises(UnsupportedBundleFeature, match="sliced"):
         open_checkpoint(prefix, backend="bundle")
+
+
+def test_wrong_prefix_lists_existing(make_checkpoint, tmp_path):
+    prefix = make_checkpoint(storage="float32")
+    directory = Path(prefix).parent
+    with pytest.raises(CheckpointError, match=r"model\.ckpt-1\.index does not exist\. "
+                                              r"Checkpoints in .*: .*model\.ckpt"):
+        resolve_prefix(directory / "model.ckpt-1")
+
+
+def test_missing_data_file_named(make_checkpoint):
+    prefix = make_checkpoint(storage="float32")
+    with pytest.raises(CheckpointError, match=r"data file .*data-00000-of-00002 does not exist"):
+        resolve_prefix(prefix + ".data-00000-of-00002")

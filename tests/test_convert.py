@@ -189,7 +189,7 @@ def test_notop_loads_into_tf_keras(make_checkpoint, tmp_path):
 
 def test_missing_ema_suggests_raw(make_checkpoint, tmp_path):
     prefix = make_checkpoint(storage="float32", ema=False)
-    with pytest.raises(CheckpointError, match=r"lacks the /ExponentialMovingAverage .*--weights raw"):
+    with pytest.raises(CheckpointError, match=r"has no /ExponentialMovingAverage tensors. Use --weights raw"):
         convert_checkpoint(prefix, tmp_path / "out.h5")
     assert not (tmp_path / "out.h5").exists()
     assert convert_checkpoint(prefix, tmp_path / "raw.h5", weights="raw").weights == "raw"
@@ -305,3 +305,26 @@ def test_cli_inspect_json(make_checkpoint):
     assert info["has_ema"] is True
     assert info["has_momentum"] is True
     assert info["stored_dtypes"] == ["bfloat16", "float32", "int64"]
+
+
+def test_output_gets_umask_permissions(make_checkpoint, tmp_path):
+    import os
+    import stat
+
+    output = tmp_path / "out.h5"
+    previous = os.umask(0o022)
+    try:
+        convert_checkpoint(make_checkpoint(storage="float32"), output)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(output.stat().st_mode) == 0o644
+
+
+def test_demo_workdir_file_rejected(tmp_path):
+    from converter.demo import run_demo
+
+    workdir = tmp_path / "a-file"
+    workdir.write_text("x")
+    with pytest.raises(OutputError, match="is a file; pass a directory"):
+        run_demo(workdir)
+    assert workdir.read_text() == "x"

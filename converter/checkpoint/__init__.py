@@ -60,7 +60,8 @@ def load_model_variables(path: str | Path, weights: str = "ema") -> dict[str, np
         contents = split_names(names)
         if weights == "ema" and not contents.has_ema:
             raise CheckpointError(
-                f"{reader.prefix} has no {EMA_SUFFIX} tensors; use weights='raw' (--weights raw).")
+                f"{reader.prefix} has no {EMA_SUFFIX} tensors; use --weights raw to read the raw "
+                "variables instead.")
         variables = {}
         for base in sorted(contents.model):
             if weights == "ema" and base not in contents.ema:

@@ -32,12 +32,17 @@ def resolve_prefix(path: str | Path) -> str:
         return str(indexes[0].with_suffix(""))
     if text.endswith(".index"):
         text = text[: -len(".index")]
-    else:
+    elif _DATA_SUFFIX.search(text):
+        if not candidate.is_file():
+            raise CheckpointError(f"Checkpoint data file {path} does not exist.")
         text = _DATA_SUFFIX.sub("", text)
     if not Path(text + ".index").is_file():
-        if Path(text).exists() or Path(text).parent.is_dir():
-            raise CheckpointError(
-                f"No checkpoint at {path}: {text}.index does not exist. Pass a checkpoint "
-                "directory, a prefix such as .../model.ckpt, or its .index file.")
+        parent = Path(text).parent
+        if parent.is_dir():
+            others = sorted(str(p.with_suffix("")) for p in parent.glob("*.index"))
+            hint = (f" Checkpoints in {parent}: {', '.join(others)}." if others
+                    else " Pass a checkpoint directory, a prefix such as .../model.ckpt, or its "
+                         ".index file.")
+            raise CheckpointError(f"No checkpoint at {path}: {text}.index does not exist.{hint}")
         raise CheckpointError(f"Checkpoint path {path} does not exist.")
     return text
