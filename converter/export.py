@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from converter.errors import OutputError, RsconvertError
+from converter.output_files import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -146,20 +147,8 @@ def write_saved_model(model, directory: Path, image_size: int | None, include_to
 def _write_file(target: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
     # The temporary name keeps the suffix, because Keras picks the format from it.
     suffix = next(s for s in FILE_SUFFIXES.values() if target.name.endswith(s))
-    try:
-        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix,
-                                        dir=target.parent)
-    except OSError as error:
-        raise OutputError(f"Cannot create a temporary file beside {target}: {error}") from None
-    os.close(handle)
-    temp = Path(name)
-    try:
+    with atomic_output(target, overwrite=overwrite, suffix=suffix) as temp:
         write(temp)
-        if target.exists() and not overwrite:
-            raise OutputError(f"Output {target} appeared while writing; not replacing it.")
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _write_directory(target: Path, overwrite: bool, write: Callable[[Path], None]) -> None:

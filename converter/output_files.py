@@ -47,15 +47,16 @@ def check_output_path(output: str | Path, overwrite: bool) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output(target: str | Path, overwrite: bool = False, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success.
 
     On any exception, KeyboardInterrupt included, the temporary file is removed and an
-    existing `target` is left untouched.
+    existing `target` is left untouched. `suffix` ends the temporary name, for writers that
+    choose the format from it.
     """
     target = check_output_path(target, overwrite)
     try:
-        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix,
                                              dir=target.parent if str(target.parent) else ".")
     except OSError as error:
         raise OutputError(f"Cannot write output {target}: {error.strerror or error}. Choose a "
