@@ -67,8 +67,8 @@ def build_name_map(reader, depth: int | None = None, weights: str = "ema",
         hint = (" The extra class is the background class at index 0 of 1001-class ImageNet "
                 "heads." if classes == expected_classes + 1 else "")
         raise MappingError(
-            f"The checkpoint's classifier dense/kernel has {classes} classes, expected "
-            f"{expected_classes}.{hint}")
+            f"The classifier dense/kernel of checkpoint {reader.prefix} has {classes} classes, "
+            f"expected {expected_classes}.{hint}")
 
     specs = architecture.layer_specs(detected, classes, include_top=True)
     contents = split_names(names)

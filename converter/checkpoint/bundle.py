@@ -18,7 +18,6 @@ import struct
 from pathlib import Path
 
 import google_crc32c
-import ml_dtypes
 import numpy as np
 
 from converter.errors import CheckpointError, UnsupportedBundleFeature
@@ -38,10 +37,20 @@ DTYPES: dict[int, np.dtype] = {
     6: np.dtype("i1"),    # DT_INT8
     9: np.dtype("<i8"),   # DT_INT64
     10: np.dtype("?"),    # DT_BOOL
-    14: np.dtype(ml_dtypes.bfloat16),  # DT_BFLOAT16
     19: np.dtype("<f2"),  # DT_HALF
 }
 DT_STRING = 7
+DT_BFLOAT16 = 14
+
+
+def _dtype_for(enum: int) -> np.dtype | None:
+    if enum == DT_BFLOAT16:
+        # Imported on first use: registering ml_dtypes' ufunc loops costs about a second,
+        # and float32 checkpoints never need it.
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return DTYPES.get(enum)
 
 
 def unmask_crc(masked: int) -> int:
@@ -104,7 +113,7 @@ class BundleEntry:
 
     @property
     def dtype(self) -> np.dtype | None:
-        return DTYPES.get(self.dtype_enum)
+        return _dtype_for(self.dtype_enum)
 
 
 def _parse_shape(buf: bytes) -> tuple[int, ...]:
@@ -274,6 +283,8 @@ class BundleReader:
         entry = self.entry(name)
         if entry.dtype_enum == DT_STRING:
             return "string"
+        if entry.dtype_enum == DT_BFLOAT16:
+            return "bfloat16"
         if entry.dtype is None:
             return f"dtype_enum_{entry.dtype_enum}"
         return entry.dtype.name

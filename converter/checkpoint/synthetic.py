@@ -75,6 +75,7 @@ def save_tensors(prefix: str | Path, tensors: dict[str, np.ndarray], num_shards:
     if storage not in STORAGE_DTYPES:
         raise ValueError(f"storage must be one of {STORAGE_DTYPES}, got {storage!r}")
     prefix = str(prefix)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     names = sorted(tensors)
     shard_prefixes = []
     for shard in range(num_shards):
