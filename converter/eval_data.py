@@ -329,6 +329,31 @@ def _open_tfrecords(root: Path, shards: list[Path]) -> EvalSet:
     return EvalSet("tfrecord", root, tuple(shards), record_counts=counts)
 
 
+def read_record_filenames(eval_set: EvalSet, count: int | None = None) -> list[str]:
+    """Return the `image/filename` of the first `count` records (all by default), in id order.
+
+    A record without the feature, or with an empty one, gets "". This reads the shards
+    again, encoded images included, because TFRecords have no index.
+    """
+    import tensorflow as tf
+
+    if eval_set.kind != "tfrecord":
+        raise ValueError(f"{eval_set.root} is an image folder, not TFRecords")
+    feature = {"image/filename": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    records = tf.data.TFRecordDataset([str(p) for p in eval_set.files], buffer_size=8 << 20)
+    if count is not None:
+        records = records.take(count)
+
+    def parse(record):
+        return tf.io.parse_single_example(record, feature)["image/filename"]
+
+    names = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    filenames = []
+    for batch in names.batch(1024).as_numpy_iterator():
+        filenames.extend(name.decode("utf-8", errors="replace") for name in batch)
+    return filenames
+
+
 def check_labels(eval_set: EvalSet, image_ids: np.ndarray, labels: np.ndarray) -> None:
     """Raise DataError naming the first image whose class index is not in 0..999."""
     bad = np.flatnonzero((labels < 0) | (labels >= imagenet_classes.NUM_CLASSES))

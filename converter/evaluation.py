@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -32,9 +31,10 @@ import numpy as np
 
 from converter import imagenet_classes
 from converter.arguments import require_at_least, require_choice
+from converter.checkpoint.variables import WEIGHT_CHOICES
 from converter.errors import DataError, OutputError, RsconvertError, WeightsFileError
-from converter.eval_data import EvalSet, check_labels, open_eval_data
-from converter.h5_weights import atomic_output, check_output_path
+from converter.eval_data import EvalSet, check_labels, open_eval_data, read_record_filenames
+from converter.output_files import atomic_output, check_output_path
 from converter.variants import Variant, find_variant, get_variant
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 # Keras dtype policy per --precision. Under mixed_bfloat16 the weights stay float32 and
 # the layers compute in bfloat16; the logits are cast to float32 before ranking.
 PRECISION_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16"}
-WEIGHT_CHOICES = ("ema", "raw")
 RESULT_SUFFIXES = (".json", ".csv")
 # The size of the ILSVRC2012 validation set that the official top-1 numbers refer to.
 OFFICIAL_EVAL_IMAGES = 50_000
@@ -138,6 +137,17 @@ class EvalProgress:
     def top5(self) -> float:
         return 100.0 * self.top5_correct / max(1, self.images_counted)
 
+    @property
+    def images_skipped(self) -> int:
+        return self.images_done - self.images_counted
+
+    def counts_text(self) -> str:
+        """Return the counts behind the accuracies, e.g. "Evaluated 4 of 5 images (1 skipped)"."""
+        text = f"Evaluated {self.images_counted} of {self.images_total} images"
+        if self.images_skipped:
+            text += f" ({self.images_skipped} skipped)"
+        return text
+
     def summary(self) -> str:
         return (f"top-1 {self.top1:.2f}%  top-5 {self.top5:.2f}%  "
                 f"{self.images_per_second:.1f} images/s")
@@ -219,7 +229,7 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
     if outputs["results"] is not None:
         write_result_file(result, outputs["results"])
     if outputs["predictions"] is not None:
-        _write_predictions(eval_set, counts.predictions, outputs["predictions"])
+        _write_predictions(eval_set, counts.predictions, outputs["predictions"], expected)
     return result
 
 
@@ -241,18 +251,27 @@ def _check_output_files(results_file, predictions_file) -> dict[str, Path | None
     """Check both output paths before the run, so that a long evaluation is not lost."""
     outputs: dict[str, Path | None] = {"results": None, "predictions": None}
     if results_file is not None:
+        _reject_directory("Results file", results_file, "results.json")
         path = check_output_path(results_file, overwrite=True)
         if path.suffix.lower() not in RESULT_SUFFIXES:
             raise OutputError(f"Results file {path} must end in .json or .csv; received "
                               f"suffix {path.suffix!r}.")
         outputs["results"] = path
     if predictions_file is not None:
+        _reject_directory("Predictions file", predictions_file, "predictions.csv")
         outputs["predictions"] = check_output_path(predictions_file, overwrite=True)
     if (outputs["results"] is not None and outputs["predictions"] is not None
             and outputs["results"].resolve() == outputs["predictions"].resolve()):
         raise OutputError(f"Results file and predictions file are the same file "
                           f"({outputs['results']}); give two different paths.")
     return outputs
+
+
+def _reject_directory(label: str, path: str | Path, example_name: str) -> None:
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{label} {path} is a directory; give a file name such as "
+                          f"{path / example_name}.")
 
 
 def _resolve_source(variant_name, weights_file, checkpoint, depth, image_size):
@@ -403,19 +422,12 @@ def _local(strategy, value) -> np.ndarray:
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def _op_error_text(error) -> str:
-    """Return the first line of a TensorFlow op error without its op and device decoration."""
-    text = (error.message or type(error).__name__).splitlines()[0]
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
-    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip() or type(error).__name__
-
-
 def _describe_failure(eval_set: EvalSet, image_id: int, image_size: int,
                       crop_padding: int) -> str:
     """Return why one image failed, by reading and decoding it again on its own."""
     import tensorflow as tf
 
-    from converter.preprocessing import preprocess_image_bytes
+    from converter.preprocessing import op_error_text, preprocess_image_bytes
 
     try:
         data = eval_set.read_image_bytes(image_id)
@@ -423,7 +435,7 @@ def _describe_failure(eval_set: EvalSet, image_id: int, image_size: int,
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
     except tf.errors.OpError as error:
-        return f"cannot be decoded ({_op_error_text(error)})"
+        return f"cannot be decoded ({op_error_text(error)})"
     return "failed in the input pipeline but decodes on its own (a transient read error?)"
 
 
@@ -492,7 +504,8 @@ def _run(model, eval_set: EvalSet, strategy, *, image_size, batch_size, crop_pad
         if pending is not None:
             record(*pending)
     if counts.skipped:
-        logger.warning("Skipped %d image(s) that could not be decoded.", counts.skipped)
+        logger.warning("Skipped %d %s that could not be decoded.", counts.skipped,
+                       "image" if counts.skipped == 1 else "images")
     return counts
 
 
@@ -520,12 +533,20 @@ def _handle_failed_images(eval_set, failed_ids, counts, skip_bad_images, image_s
         counts.skipped_ids.append(int(image_id))
 
 
+def _bar_text(snapshot: EvalProgress | None) -> str | None:
+    if snapshot is None:
+        return None
+    if snapshot.images_skipped:
+        return f"{snapshot.images_skipped} skipped, {snapshot.summary()}"
+    return snapshot.summary()
+
+
 @contextlib.contextmanager
 def _progress_display(total: int, show_bar: bool):
     """Yield a callable(snapshot, batch_index) that draws a bar or logs interval lines."""
     if show_bar:
         with click.progressbar(length=total, label="Evaluating", file=sys.stderr,
-                               item_show_func=lambda s: s.summary() if s else None) as bar:
+                               item_show_func=_bar_text) as bar:
             done = 0
 
             def draw(snapshot: EvalProgress, batch_index: int) -> None:
@@ -539,8 +560,7 @@ def _progress_display(total: int, show_bar: bool):
     def log(snapshot: EvalProgress, batch_index: int) -> None:
         finished = snapshot.images_done >= snapshot.images_total
         if (batch_index + 1) % LOG_EVERY_BATCHES == 0 or finished:
-            logger.info("Evaluated %d/%d images: %s", snapshot.images_done,
-                        snapshot.images_total, snapshot.summary())
+            logger.info("%s: %s", snapshot.counts_text(), snapshot.summary())
 
     yield log
 
@@ -598,11 +618,16 @@ def write_result_file(result: EvalResult, path: str | Path) -> None:
                 writer.writerow(row)
 
 
-PREDICTION_COLUMNS = ("image", "label") + tuple(f"top{k}" for k in range(1, TOP_K + 1))
+# `image` is the record's image/filename when a TFRecord stores one, else `source`: the
+# `shard:record` of a TFRecord or the path relative to an image folder.
+PREDICTION_COLUMNS = ("image", "source", "label") + tuple(f"top{k}" for k in range(1, TOP_K + 1))
 
 
-def _write_predictions(eval_set: EvalSet, parts, path: Path) -> None:
-    """Write one CSV row per counted image, in id order: name, class index, top-5 classes."""
+def _write_predictions(eval_set: EvalSet, parts, path: Path, num_images: int) -> None:
+    """Write one CSV row per counted image, in id order: names, class index, top-5 classes.
+
+    `num_images` is how many images the run read, skipped ones included.
+    """
     if parts:
         ids = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
@@ -611,10 +636,16 @@ def _write_predictions(eval_set: EvalSet, parts, path: Path) -> None:
         ids = labels = np.zeros([0], np.int64)
         classes = np.zeros([0, TOP_K], np.int32)
     order = np.argsort(ids, kind="stable")
+    filenames = None
+    if eval_set.kind == "tfrecord":
+        filenames = read_record_filenames(eval_set, num_images)
     with atomic_output(path, overwrite=True) as temp:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(PREDICTION_COLUMNS)
             for index in order:
-                writer.writerow([eval_set.image_name(int(ids[index])), int(labels[index]),
+                image_id = int(ids[index])
+                source = eval_set.image_name(image_id)
+                image = (filenames[image_id] if filenames else "") or source
+                writer.writerow([image, source, int(labels[index]),
                                  *(int(c) for c in classes[index])])

@@ -93,6 +93,11 @@ def format_progress(done: int, total: int | None) -> str:
 class _TransientError(Exception):
     """A failure that a later attempt may not hit: a dropped connection, a timeout, a 5xx."""
 
+    def __init__(self, message: str, connection_failed: bool = False) -> None:
+        super().__init__(message)
+        # True when no response arrived: refused, unreachable, DNS or TLS failure, timeout.
+        self.connection_failed = connection_failed
+
 
 @dataclasses.dataclass(frozen=True)
 class FetchResult:
@@ -206,7 +211,25 @@ def fetch_variant(
 
     url = variant.url(base_url)
     _check_url(url)
+    created = _missing_folders(root)
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_and_unpack(variant, url, root, target, force=force, keep_archive=keep_archive,
+                             retries=retries, timeout_s=timeout_s, backoff_s=backoff_s,
+                             progress=progress)
+    except BaseException:
+        # Folders that this call created and that stayed empty, e.g. because nothing
+        # arrived, are removed. A folder with a .part file to resume from is kept.
+        _remove_empty_folders(created)
+        raise
+    logger.info("%s is ready in %s", variant.name, target)
+    return FetchResult(variant, target, downloaded=True)
+
+
+def _download_and_unpack(variant: Variant, url: str, root: Path, target: Path, *, force: bool,
+                         keep_archive: bool, retries: int, timeout_s: float, backoff_s: float,
+                         progress: ProgressCallback | None) -> None:
+    """Download the archive into `root` unless it is already there, then unpack it."""
     archive = root / variant.archive_name
     part = archive.with_name(archive.name + PART_SUFFIX)
     if force:
@@ -236,8 +259,25 @@ def fetch_variant(
 
     if downloaded and not keep_archive:
         archive.unlink()
-    logger.info("%s is ready in %s", variant.name, target)
-    return FetchResult(variant, target, downloaded=True)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """Return `folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Remove each folder in turn (deepest first) and stop at the first that is not empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        logger.debug("Removed the empty folder %s", folder)
 
 
 def download(
@@ -275,18 +315,40 @@ def download(
                 failures = 0
             failures += 1
             if failures > retries:
-                raise DownloadError(
-                    f"Downloading {url} failed after {retries} retries: {error}. "
-                    f"Run the command again to resume from {transfer.part_size()} bytes "
-                    f"in {transfer.part}.") from None
+                raise _retries_exhausted(transfer, retries, error) from None
             delay = min(backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S)
-            logger.warning("Download of %s interrupted at %d bytes (%s); retry %d of %d in %.1f s.",
-                           url, transfer.part_size(), error, failures, retries, delay)
+            received = transfer.part_size()
+            if received:
+                logger.warning("Download of %s interrupted at %d bytes (%s); retry %d of %d in "
+                               "%.1f s.", url, received, error, failures, retries, delay)
+            else:
+                logger.warning("Download of %s failed (%s); retry %d of %d in %.1f s.",
+                               url, error, failures, retries, delay)
             time.sleep(delay)
 
     transfer.part.replace(path)
     logger.info("Downloaded %s (%d bytes)", url, size)
     return size
+
+
+def _retries_exhausted(transfer: _Transfer, retries: int,
+                       error: _TransientError) -> DownloadError:
+    """Return the error for a download that failed `retries` + 1 times in a row."""
+    after = f"after {retries} {'retry' if retries == 1 else 'retries'}"
+    received = transfer.part_size()
+    if received:
+        return DownloadError(
+            f"Downloading {transfer.url} failed {after}: {error}. Run the command again to "
+            f"resume from {received} bytes in {transfer.part}.")
+    # An empty .part file would suggest a download to resume, so it is removed.
+    transfer.part.unlink(missing_ok=True)
+    if error.connection_failed:
+        return DownloadError(
+            f"Connection to {transfer.url} failed {after}: {error}. Check the network "
+            "connection and the base URL (--base-url or the RSCONVERT_BASE_URL environment "
+            "variable).")
+    return DownloadError(f"Downloading {transfer.url} failed {after}: {error}. No data was "
+                         "received.")
 
 
 def _check_url(url: str) -> None:
@@ -332,7 +394,7 @@ class _Transfer:
                 return self._handle_http_error(offset, error)
         except (OSError, HTTPException) as error:
             # URLError (refused, DNS, TLS), timeouts and resets are all OSError subclasses.
-            raise _TransientError(_describe(error)) from None
+            raise _TransientError(_describe(error), connection_failed=True) from None
 
         with response:
             if response.status == 206:

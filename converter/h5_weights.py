@@ -21,8 +21,6 @@ import h5py
 import numpy as np
 
 from converter.errors import WeightsFileError
-# Re-exported: the output-path checks began here and other modules import them from here.
-from converter.output_files import atomic_output, check_output_path  # noqa: F401
 
 # Keras' HDF5_OBJECT_HEADER_LIMIT: attributes above this size are split into chunks.
 HDF5_OBJECT_HEADER_LIMIT = 64512

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from converter.arguments import require_at_least, require_choice
-from converter.errors import RsconvertError, WeightsFileError
+from converter.checkpoint.variables import WEIGHT_CHOICES
+from converter.errors import DataError, OutputError, RsconvertError, WeightsFileError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ DEFAULT_IMAGE_SIZE = 224
 DEFAULT_RANDOM_IMAGES = 2
 DEFAULT_BATCH_SIZE = 8
 TOP_K = 5
-WEIGHT_CHOICES = ("ema", "raw")
+# Suggested in the error for a --json path that is a directory.
+DEFAULT_JSON_NAME = "parity.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +151,7 @@ class ParityReport:
             f"Parity check: {Path(self.weights_file).name} against the original graph of "
             f"{self.checkpoint}",
             f"ResNet-RS-{self.depth}, {self.num_classes} classes, {self.image_size} px, "
-            f"{self.num_images} image{'' if self.num_images == 1 else 's'} ({self.inputs}), "
+            f"{_plural(self.num_images, 'image')} ({self.inputs}), "
             f"{self.weights} weights, "
             f"{self.precision} original",
             "",
@@ -286,8 +288,20 @@ def _check_options(weights: str, precision: str, image_size: int, images: Sequen
     require_choice("precision", precision, PRECISIONS)
     require_at_least("image size", image_size, 1, "a positive number of pixels, e.g. 224")
     if images and random_images is not None:
-        raise RsconvertError("Pass either image files (--images) or --random N, not both.")
+        raise RsconvertError("Pass either image files (IMAGE arguments or --images) or "
+                             "--random N, not both.")
     require_at_least("batch size", batch_size, 1, "1 or more")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _check_json_path(json_path: str | os.PathLike) -> None:
+    path = Path(json_path)
+    if path.is_dir():
+        raise OutputError(f"JSON report path {path} is a directory; give a file name such as "
+                          f"{path / DEFAULT_JSON_NAME}.")
 
 
 def _check_weights_file(provenance: dict, weights_file: str, checkpoint: str, depth: int,
@@ -335,19 +349,21 @@ def run_parity_check(checkpoint: str | os.PathLike, weights_file: str | os.PathL
     class count, a missing image, a checkpoint that does not match.
     """
     from converter.checkpoint import load_model_variables
-    from converter.h5_weights import atomic_output, check_output_path, read_provenance
+    from converter.h5_weights import read_provenance
+    from converter.output_files import atomic_output, check_output_path
     from converter.preprocessing import load_images
     from converter.reference_graph import STAGES, ReferenceNetwork, check_variables
 
     _check_options(weights, precision, image_size, images, random_images, batch_size)
     checkpoint, weights_file = os.fspath(checkpoint), os.fspath(weights_file)
     if json_path is not None:
+        _check_json_path(json_path)
         check_output_path(json_path, overwrite=True)
     provenance = read_provenance(weights_file)
 
     if images:
         inputs = load_images(list(images), image_size, crop_padding)
-        description = f"{len(images)} image files, crop padding {crop_padding}"
+        description = f"{_plural(len(images), 'image file')}, crop padding {crop_padding}"
     else:
         count = DEFAULT_RANDOM_IMAGES if random_images is None else random_images
         inputs = photo_like_images(count, image_size, seed)
@@ -359,7 +375,8 @@ def run_parity_check(checkpoint: str | os.PathLike, weights_file: str | os.PathL
                         described.num_classes, weights)
     original = ReferenceNetwork(variables, described.depth, precision)
 
-    logger.info("Running the Keras model of %s on %d images", weights_file, len(inputs))
+    logger.info("Running the Keras model of %s on %s", weights_file,
+                _plural(len(inputs), "image"))
     keras_outputs = _keras_stage_outputs(weights_file, inputs, batch_size)
     logger.info("Running the original %s graph of %s", precision, checkpoint)
     original_outputs = original(inputs, batch_size).stages

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -154,6 +155,14 @@ def preprocess_image_bytes(image_bytes, image_size: int, crop_padding: int = CRO
     return normalize(resized)
 
 
+def op_error_text(error: tf.errors.OpError) -> str:
+    """Return the first line of a TensorFlow op error without its op and device decoration."""
+    text = (error.message or type(error).__name__).splitlines()[0]
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip().rstrip(".")
+    return text or type(error).__name__
+
+
 def preprocess_file(path: str | os.PathLike, image_size: int, crop_padding: int = CROP_PADDING,
                     crop_fraction: float | None = None) -> np.ndarray:
     """Read and preprocess one image file eagerly; returns float32 [S, S, 3].
@@ -174,8 +183,7 @@ def preprocess_file(path: str | os.PathLike, image_size: int, crop_padding: int 
         image = preprocess_image_bytes(tf.constant(data), image_size, crop_padding, crop_fraction)
         return image.numpy()
     except tf.errors.InvalidArgumentError as error:
-        detail = error.message.splitlines()[0] if error.message else type(error).__name__
-        raise DataError(f"Cannot decode image file {os.fspath(path)!r}: {detail}. Replace or "
+        raise DataError(f"Cannot decode image file {os.fspath(path)!r}: {op_error_text(error)}. Replace or "
                         "remove the file; JPEG, PNG, GIF and BMP are supported.") from None
 
 

@@ -18,14 +18,13 @@ import dataclasses
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from converter import __version__
 from converter.errors import OutputError, RsconvertError
+from converter.output_files import atomic_output
 from converter.variants import VARIANTS, Variant, get_variant
 
 logger = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ MARKDOWN_NAME = "results.md"
 PLOT_NAME = "top1.png"
 DEFAULT_BATCH_SIZE = 32
 CSV_FIELDS = ("variant", "depth", "image_size", "official_top1", "top1", "top5", "top1_diff",
-              "images", "parity_max_rel_diff", "error")
+              "images", "limit", "parity_max_rel_diff", "error")
 
 
 class StepError(RsconvertError):
@@ -90,13 +89,18 @@ class TableRow:
     top1: float | None = None
     top5: float | None = None
     images: int | None = None
+    # The --limit of a smoke run: at most this many images were evaluated.
+    limit: int | None = None
     # Largest max|keras - original| / max|original| over the compared stages.
     parity_max_rel_diff: float | None = None
     error: str | None = None
 
     @property
     def top1_diff(self) -> float | None:
-        return None if self.top1 is None else self.top1 - self.official_top1
+        """This top-1 minus the official one; None for a limited run, which is not comparable."""
+        if self.top1 is None or self.limit is not None:
+            return None
+        return self.top1 - self.official_top1
 
     def to_csv_dict(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
@@ -154,7 +158,8 @@ def run_table(variants: Sequence[Variant], config: TableConfig,
 
 
 def _run_variant(variant: Variant, config: TableConfig, steps: Steps) -> TableRow:
-    row = TableRow(variant.name, variant.depth, variant.image_size, variant.official_top1)
+    row = TableRow(variant.name, variant.depth, variant.image_size, variant.official_top1,
+                   limit=config.limit)
     runner = _StepRunner(variant, Path(config.output_dir) / variant.name)
     try:
         fetched = runner.run("fetch", {"base_url": config.base_url,
@@ -289,14 +294,19 @@ def format_markdown(rows: Sequence[TableRow]) -> str:
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         cells = [str(row.depth), str(row.image_size), f"{row.official_top1:.1f}",
-                 _percent(row.top1), _percent(row.top5),
-                 "n/a" if row.top1_diff is None else f"{row.top1_diff:+.2f}"]
+                 _percent(row.top1), _percent(row.top5), _diff_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {row.variant}: {row.error}" for row in rows if row.error]
     counts = sorted({row.images for row in rows if row.images is not None})
     if counts:
         listed = ", ".join(str(count) for count in counts)
         lines += ["", f"Top-1 and top-5 in percent, counted over {listed} evaluation images."]
+    limits = sorted({row.limit for row in rows if row.limit is not None})
+    if limits:
+        listed = ", ".join(str(limit) for limit in limits)
+        lines.append(f"This run was limited to the first {listed} images of the data per "
+                     "variant. Top 1 diff is left empty because the official top-1 is over "
+                     "all 50,000 ILSVRC2012 validation images.")
     if notes:
         lines += ["", "Failed:", *notes]
     return "\n".join(lines) + "\n"
@@ -306,11 +316,18 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _diff_cell(row: TableRow) -> str:
+    if row.top1 is not None and row.limit is not None:
+        return ""
+    return "n/a" if row.top1_diff is None else f"{row.top1_diff:+.2f}"
+
+
 def plot_top1(rows: Sequence[TableRow], path: Path) -> Path | None:
     """Plot this run's top-1 against the official top-1 into a PNG and return its path.
 
-    Returns None, with a logged notice, when matplotlib (the `plot` extra) is missing or no
-    row has a top-1.
+    Rows of a limited run are not comparable with the official numbers, so they are plotted
+    as this run's top-1 alone. Returns None, with a logged notice, when matplotlib (the
+    `plot` extra) is missing or no row has a top-1.
     """
     points = [row for row in rows if row.top1 is not None]
     if not points:
@@ -323,7 +340,18 @@ def plot_top1(rows: Sequence[TableRow], path: Path) -> Path | None:
                        "Install it with `pip install 'rsconvert[plot]'`.", path)
         return None
 
-    figure = Figure(figsize=(11, 5), layout="constrained")
+    compared = [row for row in points if row.top1_diff is not None]
+    if compared:
+        figure = _comparison_figure(Figure, compared)
+    else:
+        figure = _limited_run_figure(Figure, points)
+    _write_atomically(path, lambda temp: figure.savefig(temp, format="png", dpi=120))
+    logger.info("Wrote %s", path)
+    return Path(path)
+
+
+def _comparison_figure(figure_class, points: Sequence[TableRow]):
+    figure = figure_class(figsize=(11, 5), layout="constrained")
     scatter_axes, diff_axes = figure.subplots(1, 2, width_ratios=(1.2, 1))
     figure.suptitle("ResNet-RS ImageNet top-1: this conversion against the official numbers")
 
@@ -352,9 +380,20 @@ def plot_top1(rows: Sequence[TableRow], path: Path) -> Path | None:
     diff_axes.axvline(0, color="0.3", linewidth=1)
     diff_axes.invert_yaxis()
     diff_axes.set_xlabel("This top-1 minus official top-1 (percentage points)")
-    _write_atomically(path, lambda temp: figure.savefig(temp, format="png", dpi=120))
-    logger.info("Wrote %s", path)
-    return Path(path)
+    return figure
+
+
+def _limited_run_figure(figure_class, points: Sequence[TableRow]):
+    limits = ", ".join(str(limit) for limit in sorted({row.limit for row in points}))
+    figure = figure_class(figsize=(7, 5), layout="constrained")
+    axes = figure.subplots()
+    figure.suptitle(f"ResNet-RS ImageNet top-1 on the first {limits} images\n"
+                    "(a limited run, not comparable with the official numbers)")
+    axes.barh([f"{row.depth}-i{row.image_size}" for row in points],
+              [row.top1 for row in points])
+    axes.invert_yaxis()
+    axes.set_xlabel("This top-1 (%)")
+    return figure
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -363,20 +402,12 @@ def _write_text(path: Path, text: str) -> None:
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write` on a temporary file beside `path`, then rename it onto `path`."""
-    path = Path(path)
+    # The temporary name keeps the suffix, because matplotlib picks the format from it.
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
+        with atomic_output(path, overwrite=True, suffix=Path(path).suffix or ".tmp") as temp:
+            write(temp)
     except OSError as error:
         raise OutputError(f"Cannot write {path}: {error}") from None
-    temp = Path(name)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except OSError as error:
-        raise OutputError(f"Cannot write {path}: {error}") from None
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def default_steps() -> Steps:

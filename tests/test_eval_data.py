@@ -14,7 +14,8 @@ from conftest import GOLDEN_DIR, require_reference
 from converter import imagenet_classes
 from converter.errors import DataError
 from converter.eval_data import (MISSING_LABEL, check_labels, count_records, make_dataset,
-                                 open_eval_data, read_labels_file, write_tfrecords)
+                                 open_eval_data, read_labels_file, read_record_filenames,
+                                 write_tfrecords)
 
 IMAGE_SIZE = 32
 
@@ -124,6 +125,33 @@ def test_write_tfrecords_roundtrip(tmp_path):
     assert batches["image"].shape == (5, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert eval_set.read_image_bytes(3) == examples[3][0]
     assert not list(tmp_path.glob(".*"))
+
+
+def test_record_filenames(tmp_path):
+    image = jpeg_bytes()
+    write_raw_records(tmp_path / "validation-00000-of-00002", [
+        {"image/encoded": image, "image/class/label": [1], "image/filename": b"a.JPEG"},
+        {"image/encoded": image, "image/class/label": [2]},
+    ])
+    write_raw_records(tmp_path / "validation-00001-of-00002", [
+        {"image/encoded": image, "image/class/label": [3], "image/filename": b""},
+        {"image/encoded": image, "image/class/label": [4], "image/filename": b"d.JPEG"},
+    ])
+    eval_set = open_eval_data(tmp_path)
+    assert read_record_filenames(eval_set) == ["a.JPEG", "", "", "d.JPEG"]
+    assert read_record_filenames(eval_set, 3) == ["a.JPEG", "", ""]
+
+
+def test_record_filenames_golden():
+    eval_set = open_eval_data(require_reference(GOLDEN_DIR) / "validation")
+    names = read_record_filenames(eval_set)
+    assert names == list(golden_labels())
+
+
+def test_record_filenames_folder_rejected(tmp_path):
+    eval_set = open_eval_data(make_synset_folder(tmp_path, {"a.JPEG": (jpeg_bytes(), 1)}))
+    with pytest.raises(ValueError, match="is an image folder, not TFRecords"):
+        read_record_filenames(eval_set)
 
 
 def test_write_tfrecords_bad_label(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from conftest import GOLDEN_DIR, require_reference
 from converter import imagenet_classes
 from converter.errors import (DataError, MappingError, OutputError, RsconvertError,
                               WeightsFileError)
-from converter.evaluation import EvalResult, evaluate, official_top1_for
+from converter.evaluation import EvalProgress, EvalResult, evaluate, official_top1_for
 from converter.variants import get_variant
 from test_eval_data import jpeg_bytes, make_synset_folder, write_raw_records
 
@@ -90,7 +91,11 @@ def test_golden_tfrecords(golden_weights, tmp_path):
     with open(predictions_file, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == GOLDEN_IMAGES
-    assert rows[0]["image"] == "validation-00000-of-00002:0"
+    assert list(rows[0])[:3] == ["image", "source", "label"]
+    assert rows[0]["image"] == "img_01_0000.JPEG"
+    assert rows[0]["source"] == "validation-00000-of-00002:0"
+    assert rows[13]["source"] == "validation-00001-of-00002:1"
+    assert [r["image"] for r in rows] == list(golden_labels())
     assert sum(r["label"] == r["top1"] for r in rows) == GOLDEN_TOP1
     assert sum(r["label"] in [r[f"top{k}"] for k in range(1, 6)] for r in rows) == GOLDEN_TOP5
 
@@ -229,18 +234,60 @@ def test_corrupt_image_stops_run(golden_weights, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "val"]
 
 
-def test_corrupt_image_skipped(golden_weights, tmp_path):
+def test_corrupt_image_skipped(golden_weights, tmp_path, caplog):
     data = odd_image_folder(tmp_path / "val", corrupt=True)
     predictions_file = tmp_path / "predictions.csv"
-    result = evaluate(data, SMALL_SIZE, weights_file=golden_weights, batch_size=4,
-                      skip_bad_images=True, predictions_file=predictions_file)
+    with caplog.at_level(logging.INFO, logger="converter.evaluation"):
+        result = evaluate(data, SMALL_SIZE, weights_file=golden_weights, batch_size=4,
+                          skip_bad_images=True, predictions_file=predictions_file,
+                          show_progress=False)
     assert result.num_images == 5
     assert result.num_skipped == 1
     assert result.skipped_images == ("n01496331/broken.JPEG",)
     assert result.row()["num_skipped"] == 1
+    # The last progress line counts like the result row: 5 evaluated, 1 skipped, of 6.
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Evaluated")]
+    assert progress[-1].startswith("Evaluated 5 of 6 images (1 skipped): top-1 ")
+    assert "Skipped 1 image that could not be decoded." in caplog.text
     lines = predictions_file.read_text().splitlines()
     assert len(lines) == 1 + 5
     assert not any("broken" in line for line in lines)
+    # Image folders have no separate file name: the image column repeats the source.
+    assert lines[1].split(",")[:2] == ["n01440764/gray.JPEG", "n01440764/gray.JPEG"]
+
+
+def test_progress_counts_text():
+    def progress(done, counted):
+        return EvalProgress(images_done=done, images_total=5, images_counted=counted,
+                            top1_correct=2, top5_correct=3, elapsed_seconds=1.0,
+                            images_per_second=4.0)
+
+    assert progress(5, 4).counts_text() == "Evaluated 4 of 5 images (1 skipped)"
+    assert progress(5, 4).images_skipped == 1
+    assert progress(3, 3).counts_text() == "Evaluated 3 of 5 images"
+    assert progress(5, 4).top1 == 50.0
+
+
+def test_predictions_record_filenames(golden_weights, tmp_path):
+    image = jpeg_bytes()
+    data = tmp_path / "val"
+    data.mkdir()
+    write_raw_records(data / "validation-00000-of-00001", [
+        {"image/encoded": image, "image/class/label": [1], "image/filename": b"a.JPEG"},
+        {"image/encoded": image, "image/class/label": [2]},
+        {"image/encoded": image, "image/class/label": [3], "image/filename": b""},
+        {"image/encoded": image, "image/class/label": [4], "image/filename": b"d.JPEG"},
+    ])
+    predictions_file = tmp_path / "predictions.csv"
+    result = evaluate(data, SMALL_SIZE, weights_file=golden_weights, batch_size=2, limit=3,
+                      predictions_file=predictions_file)
+    with open(predictions_file, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert result.num_images == 3
+    assert [r["image"] for r in rows] == ["a.JPEG", "validation-00000-of-00001:1",
+                                          "validation-00000-of-00001:2"]
+    assert [r["source"] for r in rows] == [f"validation-00000-of-00001:{i}" for i in range(3)]
+    assert [r["label"] for r in rows] == ["0", "1", "2"]
 
 
 def test_all_images_corrupt(golden_weights, tmp_path):
@@ -314,6 +361,10 @@ def test_option_errors(tmp_path):
         (dict(model, checkpoint=tmp_path), RsconvertError, "Both --weights-file and "),
         (dict(model, results_file=tmp_path / "r.txt"), OutputError, r"must end in \.json or "),
         (dict(model, results_file=tmp_path / "no" / "r.json"), OutputError, "does not exist"),
+        (dict(model, results_file=tmp_path), OutputError,
+         r"Results file .* is a directory; give a file name such as .*results\.json\."),
+        (dict(model, predictions_file=tmp_path), OutputError,
+         r"Predictions file .* is a directory; give a file name such as .*predictions\.csv\."),
         (dict(model, results_file=tmp_path / "same.csv",
               predictions_file=tmp_path / "same.csv"), OutputError, "are the same file"),
         (dict(model, variant="resnet-rs-51-i160"), RsconvertError, "Unknown variant"),

@@ -327,10 +327,71 @@ def test_download_timeout_retried(tmp_path, monkeypatch):
     silent.listen(1)
     url = f"http://127.0.0.1:{silent.getsockname()[1]}/file.bin"
     try:
-        with pytest.raises(DownloadError, match=r"failed after 1 retries: .*timed out"):
+        with pytest.raises(DownloadError, match=r"failed after 1 retry: .*timed out"):
             download(url, tmp_path / "file.bin", retries=1, backoff_s=0.0, timeout_s=0.2)
     finally:
         silent.close()
+
+
+def closed_port() -> int:
+    """Return a port on 127.0.0.1 with nothing listening on it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_download_connection_refused(tmp_path, monkeypatch):
+    clear_proxies(monkeypatch)
+    url = f"http://127.0.0.1:{closed_port()}/file.bin"
+    with pytest.raises(DownloadError) as raised:
+        download(url, tmp_path / "file.bin", retries=1, **FAST)
+    message = str(raised.value)
+    assert message.startswith(f"Connection to {url} failed after 1 retry: ")
+    assert "Connection refused" in message
+    assert "resume" not in message
+    assert ".part" not in message
+    assert leftovers(tmp_path) == []
+
+
+def test_download_503_without_data(server, tmp_path):
+    server.script.statuses = [503] * 10
+    (tmp_path / "file.bin.part").write_bytes(b"")
+    with pytest.raises(DownloadError) as raised:
+        download(archive_url(server), tmp_path / "file.bin", retries=0, **FAST)
+    message = str(raised.value)
+    assert "failed after 0 retries: HTTP 503" in message
+    assert "No data was received" in message
+    assert "resume" not in message
+    assert leftovers(tmp_path) == []
+
+
+def test_fetch_refused_removes_new_dest(tmp_path, monkeypatch):
+    clear_proxies(monkeypatch)
+    dest = tmp_path / "new" / "checkpoints"
+    with pytest.raises(DownloadError, match=r"^Connection to http://127\.0\.0\.1:\d+/"
+                                            r"resnet-rs-50-i160\.tar\.gz failed"):
+        fetch_variant(VARIANT, dest, base_url=f"http://127.0.0.1:{closed_port()}/",
+                      retries=1, **FAST)
+    assert leftovers(tmp_path) == []
+
+
+def test_fetch_refused_keeps_existing_dest(tmp_path, monkeypatch):
+    clear_proxies(monkeypatch)
+    with pytest.raises(DownloadError, match="Connection to"):
+        fetch_variant(VARIANT, tmp_path, base_url=f"http://127.0.0.1:{closed_port()}/",
+                      retries=0, **FAST)
+    assert tmp_path.is_dir()
+    assert leftovers(tmp_path) == []
+
+
+def test_fetch_short_body_keeps_new_dest(server, tmp_path):
+    server.script.body = b"x" * 1000
+    server.script.announced_length = 1500
+    server.script.ignore_range = True
+    dest = tmp_path / "new"
+    with pytest.raises(DownloadError, match=r"Run the command again to resume from 1000 bytes"):
+        fetch_variant(VARIANT, dest, base_url=server.base_url, retries=1, **FAST)
+    assert leftovers(dest) == [f"{VARIANT}.tar.gz.part"]
 
 
 def test_download_rejects_non_http_url(tmp_path):

@@ -1,6 +1,7 @@
 """parity-check: passes on correct conversions, names the first damaged stage, rejects bad input."""
 
 import json
+import logging
 import math
 import shutil
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import GOLDEN_DIR
-from converter.errors import DataError, RsconvertError, WeightsFileError
+from converter.errors import DataError, OutputError, RsconvertError, WeightsFileError
 from converter.parity import (BFLOAT16_MARGIN, FLOAT32_TOLERANCE, ParityReport, compare_stage,
                               photo_like_images, run_parity_check, topk_agreement)
 
@@ -186,11 +187,58 @@ def test_images_and_random_rejected(golden_checkpoint, golden_h5, monkeypatch, c
     assert "not both" in capsys.readouterr().err
 
 
-def test_stray_argument_rejected(golden_checkpoint, golden_h5, monkeypatch, capsys):
+def test_positional_image(golden_checkpoint, golden_h5, monkeypatch, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="converter.parity"):
+        code = run_cli(monkeypatch, "--checkpoint", golden_checkpoint, "--weights-file",
+                       golden_h5["ema"], "--image-size", SMALL_SIZE, GOLDEN_IMAGES[0])
+    output = capsys.readouterr().out
+    assert code == 0
+    assert f"{SMALL_SIZE} px, 1 image (1 image file, crop padding 32)" in output
+    assert "PASS" in output
+    assert "on 1 image" in caplog.text
+    assert "on 1 images" not in caplog.text
+
+
+def test_positional_and_random_rejected(golden_checkpoint, golden_h5, monkeypatch, capsys):
     code = run_cli(monkeypatch, "--checkpoint", golden_checkpoint, "--weights-file",
-                   golden_h5["ema"], GOLDEN_IMAGES[0])
+                   golden_h5["ema"], GOLDEN_IMAGES[0], "--random", 2)
     assert code == 2
-    assert "pass image files after --images" in capsys.readouterr().err
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [0, -5])
+def test_cli_bad_image_size(size, tmp_path, monkeypatch, capsys):
+    # Both model paths are absent: the size check comes first.
+    for variant in ([], ["--variant", "resnet-rs-50-i160"]):
+        code = run_cli(monkeypatch, *variant, "--checkpoint", tmp_path / "absent",
+                       "--weights-file", tmp_path / "absent.h5", "--image_size", size,
+                       "--random", 1)
+        error = capsys.readouterr().err
+        assert code == 2
+        assert error.startswith(f"Error: Invalid image size {size}; expected a positive "
+                                "number of pixels")
+        assert "Traceback" not in error
+
+
+def test_json_path_directory(tmp_path):
+    with pytest.raises(OutputError, match=r"JSON report path .* is a directory; give a file "
+                                          r"name such as .*parity\.json\."):
+        run_parity_check(tmp_path / "absent", tmp_path / "absent.h5", json_path=tmp_path)
+
+
+def test_not_an_image_one_line(golden_checkpoint, golden_h5, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "notanimage.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
+    code = run_cli(monkeypatch, "--checkpoint", golden_checkpoint, "--weights-file",
+                   golden_h5["ema"], "--images", path)
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith(f"Error: Cannot decode image file {str(path)!r}: Unknown image "
+                            "file format.")
+    assert error.count("\n") == 1
+    assert "function_node" not in error
+    assert "[Op:" not in error
+    assert ".." not in error.replace(str(path), "")
 
 
 def test_weights_choice_mismatch(golden_checkpoint, golden_h5):

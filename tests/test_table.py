@@ -142,7 +142,7 @@ def test_run_table_resumes_after_failure(tmp_path):
 
 
 def test_run_table_csv(tmp_path):
-    result = run(tmp_path, FakeSteps(tmp_path), limit=64)
+    result = run(tmp_path, FakeSteps(tmp_path))
     rows = list(csv.DictReader(io.StringIO(result.csv_path.read_text())))
     assert [row["variant"] for row in rows] == TWO
     assert rows[0]["depth"] == "50"
@@ -150,8 +150,29 @@ def test_run_table_csv(tmp_path):
     assert float(rows[0]["official_top1"]) == 78.8
     assert float(rows[0]["top1"]) == pytest.approx(78.55)
     assert float(rows[0]["top1_diff"]) == pytest.approx(-0.25)
-    assert rows[0]["images"] == "64"
+    assert rows[0]["images"] == "50000"
+    assert rows[0]["limit"] == ""
     assert rows[0]["error"] == ""
+
+
+def test_limited_run_csv_no_diff(tmp_path):
+    result = run(tmp_path, FakeSteps(tmp_path), limit=64)
+    rows = list(csv.DictReader(io.StringIO(result.csv_path.read_text())))
+    assert result.rows[0].top1_diff is None
+    assert float(rows[0]["top1"]) == pytest.approx(78.55)
+    assert rows[0]["top1_diff"] == ""
+    assert rows[0]["images"] == "64"
+    assert rows[0]["limit"] == "64"
+
+
+def test_limited_run_markdown(tmp_path):
+    result = run(tmp_path, FakeSteps(tmp_path), limit=64)
+    lines = result.markdown_path.read_text().splitlines()
+    assert lines[2] == "| 50 | 160 | 78.8 | 78.55 | 96.50 |  |"
+    assert lines[3] == "| 152 | 224 | 82.2 | 82.30 | 96.50 |  |"
+    assert "counted over 64 evaluation images" in lines[5]
+    assert lines[6].startswith("This run was limited to the first 64 images of the data per "
+                               "variant. Top 1 diff is left empty")
 
 
 def test_run_table_markdown(tmp_path):
@@ -187,6 +208,21 @@ def test_plot_written(tmp_path):
     assert result.plot_path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+def test_plot_limited_run(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import converter.table
+
+    def no_comparison(*args):
+        raise AssertionError("a limited run was plotted against the official top-1")
+
+    monkeypatch.setattr(converter.table, "_comparison_figure", no_comparison)
+    row = TableRow("resnet-rs-50-i160", 50, 160, 78.8, top1=12.5, top5=40.0, images=8,
+                   limit=8)
+    path = plot_top1([row], tmp_path / "top1.png")
+    assert path == tmp_path / "top1.png"
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
 def test_plot_without_matplotlib(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     row = TableRow("resnet-rs-50-i160", 50, 160, 78.8, top1=78.0, top5=94.0, images=10)
@@ -219,8 +255,36 @@ def test_table_command(tmp_path, monkeypatch):
         "table", "--data", str(tmp_path / "data"), "--variants", "resnet-rs-152-i224",
         "--limit", "32", "--output-dir", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert "| 152 | 224 | 82.2 | 82.30 | 96.50 | +0.10 |" in result.output
+    assert "| 152 | 224 | 82.2 | 82.30 | 96.50 |  |" in result.output
+    assert "limited to the first 32 images" in result.output
     assert fake.calls[-1] == ("eval", "resnet-rs-152-i224")
+
+
+@pytest.mark.parametrize("option", ["--labels", "--labels-file"])
+def test_table_command_labels(tmp_path, monkeypatch, option):
+    from converter.cli import cli
+    import converter.table
+
+    fake = FakeSteps(tmp_path)
+    monkeypatch.setattr(converter.table, "default_steps", fake.steps)
+    (tmp_path / "data").mkdir()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("n01440764\n")
+    result = CliRunner().invoke(cli, [
+        "table", "--data", str(tmp_path / "data"), option, str(labels), "--variants",
+        "resnet-rs-50-i160", "--output-dir", str(tmp_path / "out")])
+    record = json.loads((tmp_path / "out" / "resnet-rs-50-i160" / "eval.json").read_text())
+    assert result.exit_code == 0, result.output
+    assert record["params"]["labels_file"] == str(labels)
+
+
+def test_table_help_options():
+    from converter.cli import cli
+
+    result = CliRunner().invoke(cli, ["table", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--labels, --labels-file FILE" in result.output
+    assert 'default: ""' not in result.output
 
 
 def test_reproduce_script_help():

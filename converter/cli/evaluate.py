@@ -41,7 +41,9 @@ from converter.cli.options import checkpoint_option, depth_option, variant_optio
 @click.option("--results-file", default=None, metavar="FILE.json|FILE.csv",
               help="Also write the result row here, as JSON or CSV by suffix.")
 @click.option("--predictions-file", default=None, metavar="FILE.csv",
-              help="Write one CSV row per image: image, label, top1..top5 class indices.")
+              help="Write one CSV row per image: image (the TFRecord image/filename when "
+                   "stored), source (shard:record or relative path), label, top1..top5 "
+                   "class indices.")
 def command(data, labels_file, image_size, weights_file, checkpoint, variant, depth, weights,
             batch_size, limit, precision, crop_padding, skip_bad_images, results_file,
             predictions_file):

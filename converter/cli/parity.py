@@ -23,12 +23,12 @@ EXIT_PARITY_FAILED = 1
 @click.option("--image-size", "--image_size", "image_size", type=int, default=None,
               help="Input side in pixels; default: the variant's size, else 224.")
 @click.option("--images", "image_option", multiple=True, metavar="IMAGE",
-              help="Image files (JPEG, PNG) to compare on, preprocessed like the release "
-                   "eval; more paths may follow the first without repeating --images.")
+              help="Image files to compare on, the same as IMAGE arguments; more paths may "
+                   "follow the first without repeating --images.")
 @click.argument("more_images", nargs=-1, metavar="[IMAGE]...")
 @click.option("--random", "random_images", type=int, default=None, metavar="N",
-              help="Compare on N photo-like random images instead of files; 2 when neither "
-                   "--images nor --random is given.")
+              help="Compare on N photo-like random images instead of files; 2 when no "
+                   "image file and no --random is given.")
 @click.option("--seed", type=int, default=0, help="Seed for --random.")
 @weights_choice_option
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
@@ -43,19 +43,21 @@ def command(checkpoint, weights_file, variant, depth, image_size, image_option, 
             random_images, seed, weights, precision, crop_padding, batch_size, json_path):
     """Compare a converted .h5 with the original graph, stage by stage.
 
-    Exits with 0 when every stage is within tolerance, 1 when one is not, 2 on bad input.
+    The inputs are the IMAGE files (JPEG, PNG, GIF, BMP), preprocessed like the release
+    eval, or photo-like random images (--random). Exits with 0 when every stage is within
+    tolerance, 1 when one is not, 2 on bad input.
     """
     from converter.parity import DEFAULT_IMAGE_SIZE, run_parity_check
 
-    _, checkpoint, depth_value, image_size = resolve_variant(variant, checkpoint, depth,
-                                                             image_size)
+    _, checkpoint, depth_value, variant_size = resolve_variant(variant, checkpoint, depth,
+                                                               image_size)
     if checkpoint is None:
         raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
-    if more_images and not image_option:
-        raise RsconvertError(f"Unexpected argument {more_images[0]!r}; pass image files "
-                             "after --images.")
+    # An explicit --image-size, 0 included, is passed on for the library to check.
+    if image_size is None:
+        image_size = variant_size if variant_size is not None else DEFAULT_IMAGE_SIZE
     report = run_parity_check(
-        checkpoint, weights_file, depth=depth_value, image_size=image_size or DEFAULT_IMAGE_SIZE,
+        checkpoint, weights_file, depth=depth_value, image_size=image_size,
         images=list(image_option) + list(more_images), random_images=random_images, seed=seed,
         weights=weights, precision=precision, crop_padding=crop_padding, batch_size=batch_size,
         json_path=json_path)

@@ -13,13 +13,15 @@ from converter.variants import BASE_URL_ENV, CHECKPOINTS_ENV, DEFAULT_BASE_URL
 @click.command("table")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), required=True,
               help="ImageNet validation data: a folder of validation-* TFRecord shards, a "
-                   "folder of per-wnid image folders, or an image folder with --labels-file.")
-@click.option("--labels-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Labels for a flat image folder.")
-@click.option("--variants", default="", metavar="NAME[,NAME...]",
+                   "folder of per-wnid image folders, or an image folder with --labels.")
+@click.option("--labels", "--labels-file", "labels_file",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Labels for a flat image folder, as for `rsconvert eval --labels`.")
+@click.option("--variants", default=None, metavar="NAME[,NAME...]",
               help="Comma-separated variants from `rsconvert list`; all when omitted.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Evaluate only the first N images of --data per variant (a smoke run).")
+              help="Evaluate only the first N images of --data per variant (a smoke run, "
+                   "not compared with the official top-1).")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("table-results"), show_default=True,
               help="Folder for the weights files, step records, results.csv, results.md and "
@@ -34,7 +36,7 @@ from converter.variants import BASE_URL_ENV, CHECKPOINTS_ENV, DEFAULT_BASE_URL
 @click.option("--weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True,
               help="ema: the /ExponentialMovingAverage shadows the official eval restored; "
                    "raw: the training variables.")
-def command(data: Path, labels_file: Path | None, variants: str, limit: int | None,
+def command(data: Path, labels_file: Path | None, variants: str | None, limit: int | None,
             output_dir: Path, checkpoints_dir: Path | None, base_url: str, batch_size: int,
             weights: str) -> None:
     """Fetch, convert, parity-check and evaluate each variant, then write the table.
@@ -45,5 +47,6 @@ def command(data: Path, labels_file: Path | None, variants: str, limit: int | No
     config = TableConfig(output_dir=output_dir, data=data, labels_file=labels_file, limit=limit,
                          batch_size=batch_size, checkpoints_dir=checkpoints_dir,
                          base_url=base_url, weights=weights)
-    result = run_table(select_variants(variants.split(",")), config)
+    names = variants.split(",") if variants is not None else None
+    result = run_table(select_variants(names), config)
     click.echo(result.markdown_path.read_text(), nl=False)
