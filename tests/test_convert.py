@@ -328,3 +328,21 @@ def test_demo_workdir_file_rejected(tmp_path):
     with pytest.raises(OutputError, match="is a file; pass a directory"):
         run_demo(workdir)
     assert workdir.read_text() == "x"
+
+
+def test_conversion_imports_no_tensorflow(make_checkpoint, tmp_path):
+    script = (
+        "import sys\n"
+        "from converter.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "print('heavy:', heavy)\n")
+    result = subprocess.run(
+        [sys.executable, "-c", script, "ckpt-to-h5", "--checkpoint",
+         make_checkpoint(storage="bfloat16"), "--output", str(tmp_path / "out.h5")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "heavy: []" in result.stdout
