@@ -30,7 +30,9 @@ from converter.errors import CheckpointError, RsconvertError
 
 logger = logging.getLogger(__name__)
 
-# Blocks per block group, from `resnet_model.resnet()` in tensorflow/tpu.
+# Blocks per block group, from `resnet_model.resnet()` in tensorflow/tpu. This copy is
+# separate from converter.architecture on purpose, so the witness shares nothing with the
+# Keras model or the name map.
 ORIGINAL_LAYERS: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3),
     101: (3, 4, 23, 3),
