@@ -76,12 +76,15 @@ def write_weights(path: Path, layers, read_weight, attributes: dict, progress=No
             group = f.create_group(layer.name)
             weight_names = [f"{layer.name}/{w.keras_name}:0" for w in layer.weights]
             save_attribute(group, "weight_names", weight_names)
-            for weight, weight_name in zip(layer.weights, weight_names):
+            # Weight "L/kernel:0" of layer L lives at L/L/kernel:0; creating the inner group
+            # once spares h5py resolving the nested path for every dataset.
+            inner = group.create_group(layer.name)
+            for weight in layer.weights:
                 array = np.asarray(read_weight(layer, weight), dtype=np.float32)
                 if array.shape != weight.shape:
                     raise WeightsFileError(
                         f"{weight.original_name} has shape {array.shape}, expected {weight.shape}")
-                group.create_dataset(weight_name, data=array)
+                inner.create_dataset(f"{weight.keras_name}:0", data=array)
             if progress is not None:
                 progress(layer)
 
