@@ -195,3 +195,35 @@ def test_missing_data_file_named(make_checkpoint):
     prefix = make_checkpoint(storage="float32")
     with pytest.raises(CheckpointError, match=r"data file .*data-00000-of-00002 does not exist"):
         resolve_prefix(prefix + ".data-00000-of-00002")
+
+
+def mask_crc(crc):
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_compressed_index_block_named(make_checkpoint, tmp_path):
+    import struct
+
+    import google_crc32c
+
+    from converter.checkpoint.bundle import FOOTER_SIZE, _block_entries, _read_block, _varint
+    from converter.errors import UnsupportedBundleFeature
+
+    prefix = copy_checkpoint(make_checkpoint(storage="float32"), tmp_path / "copy")
+    index_path = Path(prefix + ".index")
+    data = bytearray(index_path.read_bytes())
+    footer = bytes(data[-FOOTER_SIZE:])
+    _, pos = _varint(footer, 0)
+    _, pos = _varint(footer, pos)
+    index_offset, pos = _varint(footer, pos)
+    index_size, _ = _varint(footer, pos)
+    _, handle = _block_entries(_read_block(bytes(data), index_offset, index_size, index_path))[0]
+    offset, pos = _varint(handle, 0)
+    size, _ = _varint(handle, pos)
+    # Mark the first data block as snappy-compressed, with a valid trailer CRC.
+    data[offset + size] = 1
+    crc = mask_crc(google_crc32c.value(bytes(data[offset:offset + size + 1])))
+    data[offset + size + 1:offset + size + 5] = struct.pack("<I", crc)
+    index_path.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedBundleFeature, match="compressed index block"):
+        BundleReader(prefix)
