@@ -126,7 +126,7 @@ def test_directory_with_two_checkpoints(make_checkpoint, tmp_path):
     for name in ("a.ckpt", "b.ckpt"):
         for path in Path(prefix).parent.glob("model.ckpt.*"):
             shutil.copy(path, tmp_path / path.name.replace("model.ckpt", name))
-    with pytest.raises(CheckpointError, match=r"holds 2 checkpoints: .*a\.ckpt, .*b\.ckpt"):
+    with pytest.raises(CheckpointError, match=r"contains 2 checkpoints: .*a\.ckpt, .*b\.ckpt"):
         resolve_prefix(tmp_path)
 
 

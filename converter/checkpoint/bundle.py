@@ -100,7 +100,7 @@ def _proto_fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
 
 @dataclasses.dataclass(frozen=True)
 class BundleEntry:
-    """Where one tensor's bytes lie: shard, byte offset and size, and the expected CRC32C."""
+    """Location of one tensor's bytes (shard, byte offset, size) and its expected CRC32C."""
 
     name: str
     dtype_enum: int

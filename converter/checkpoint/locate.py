@@ -27,7 +27,7 @@ def resolve_prefix(path: str | Path) -> str:
         if len(indexes) > 1:
             prefixes = ", ".join(str(p.with_suffix("")) for p in indexes)
             raise CheckpointError(
-                f"Directory {candidate} holds {len(indexes)} checkpoints: {prefixes}. "
+                f"Directory {candidate} contains {len(indexes)} checkpoints: {prefixes}. "
                 "Pass one of these prefixes with --checkpoint.")
         return str(indexes[0].with_suffix(""))
     if text.endswith(".index"):

@@ -41,7 +41,7 @@ def random_variables(depth: int, num_classes: int = 1000, seed: int = 0) -> dict
 
 def checkpoint_tensors(variables: dict[str, np.ndarray], ema: bool = True, momentum: bool = True,
                        seed: int = 0) -> dict[str, np.ndarray]:
-    """Add the shadows and slots an official checkpoint holds to `variables`."""
+    """Return `variables` plus the shadows and slots that an official checkpoint contains."""
     rng = np.random.default_rng(seed + 1)
     tensors = dict(variables)
     for name, value in variables.items():
