@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from converter.errors import CheckpointError, OutputError, RsconvertError
-from converter.fetch import (
-    DownloadError, LogProgress, UnsafeArchiveError, catalog_entries, checkpoint_prefixes,
-    download, extract_checkpoint, fetch_variant, is_checkpoint_dir)
+from converter.archive import (
+    UnsafeArchiveError, checkpoint_prefixes, extract_checkpoint, is_checkpoint_dir)
+from converter.catalog import catalog_entries
+from converter.fetch import DownloadError, LogProgress, download, fetch_variant
 from converter.variants import get_variant
 
 VARIANT = "resnet-rs-50-i160"

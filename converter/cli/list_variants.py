@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from converter.fetch import CatalogEntry, catalog_entries
+from converter.catalog import CatalogEntry, catalog_entries
 from converter.variants import BASE_URL_ENV, CHECKPOINTS_ENV, DEFAULT_BASE_URL
 
 _COLUMNS = ("Name", "Depth", "Image size", "Official top-1 (%)", "Downloaded", "URL")
