@@ -14,10 +14,7 @@ With several GPUs (or logical CPU devices) the forward pass runs under
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -26,15 +23,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import click
 import numpy as np
 
 from converter import imagenet_classes
 from converter.arguments import require_at_least, require_choice
 from converter.checkpoint.variables import WEIGHT_CHOICES
 from converter.errors import DataError, OutputError, RsconvertError, WeightsFileError
-from converter.eval_data import EvalSet, check_labels, open_eval_data, read_record_filenames
-from converter.output_files import atomic_output, check_output_path
+from converter.eval_data import EvalSet, check_labels, open_eval_data
+from converter.eval_progress import EvalProgress, progress_display
+from converter.eval_results import (RESULT_SUFFIXES, TOP_K, EvalResult, official_top1_for,
+                                    write_predictions_file, write_result_file)
+from converter.output_files import check_output_path
 from converter.variants import Variant, find_variant, get_variant
 
 logger = logging.getLogger(__name__)
@@ -42,115 +41,12 @@ logger = logging.getLogger(__name__)
 # Keras dtype policy per --precision. Under mixed_bfloat16 the weights stay float32 and
 # the layers compute in bfloat16; the logits are cast to float32 before ranking.
 PRECISION_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16"}
-RESULT_SUFFIXES = (".json", ".csv")
-# The size of the ILSVRC2012 validation set that the official top-1 numbers refer to.
-OFFICIAL_EVAL_IMAGES = 50_000
-TOP_K = 5
-INTERPOLATION = "bicubic"
-# Without a terminal, a progress line is logged every this many batches.
-LOG_EVERY_BATCHES = 10
 # Skipped images named one by one in the log before only the total is reported.
 MAX_LOGGED_SKIPS = 10
 
 
 class EvaluationCountError(DataError):
     """The number of images evaluated differs from the number in the data."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalResult:
-    """One evaluation: what was run and the integer counts behind the accuracies."""
-
-    model: str
-    depth: int
-    image_size: int
-    weights: str
-    precision: str
-    crop_padding: int
-    num_images: int
-    top1_correct: int
-    top5_correct: int
-    num_skipped: int
-    param_count: int
-    images_per_second: float
-    official_top1: float | None = None
-    skipped_images: tuple[str, ...] = ()
-    interpolation: str = INTERPOLATION
-
-    @property
-    def top1(self) -> float:
-        """Top-1 accuracy in percent."""
-        return 100.0 * self.top1_correct / self.num_images
-
-    @property
-    def top5(self) -> float:
-        """Top-5 accuracy in percent."""
-        return 100.0 * self.top5_correct / self.num_images
-
-    def row(self) -> dict:
-        """Return the flat result row (timm's field names; accuracies in percent)."""
-        row = {
-            "model": self.model,
-            "depth": self.depth,
-            "image_size": self.image_size,
-            "weights": self.weights,
-            "precision": self.precision,
-            "crop_padding": self.crop_padding,
-            "interpolation": self.interpolation,
-            "num_images": self.num_images,
-            "top1": round(self.top1, 4),
-            "top1_err": round(100.0 - self.top1, 4),
-            "top5": round(self.top5, 4),
-            "top5_err": round(100.0 - self.top5, 4),
-            "top1_correct": self.top1_correct,
-            "top5_correct": self.top5_correct,
-            "num_skipped": self.num_skipped,
-            "param_count": self.param_count,
-            "images_per_second": round(self.images_per_second, 2),
-        }
-        if self.official_top1 is not None:
-            row["official_top1"] = self.official_top1
-            row["top1_diff"] = round(self.top1 - self.official_top1, 4)
-        return row
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalProgress:
-    """Running totals after a batch.
-
-    `images_done` includes skipped images; accuracies are over `images_counted`.
-    """
-
-    images_done: int
-    images_total: int
-    images_counted: int
-    top1_correct: int
-    top5_correct: int
-    elapsed_seconds: float
-    images_per_second: float
-
-    @property
-    def top1(self) -> float:
-        return 100.0 * self.top1_correct / max(1, self.images_counted)
-
-    @property
-    def top5(self) -> float:
-        return 100.0 * self.top5_correct / max(1, self.images_counted)
-
-    @property
-    def images_skipped(self) -> int:
-        return self.images_done - self.images_counted
-
-    def counts_text(self) -> str:
-        """Return the counts behind the accuracies, e.g. "Evaluated 4 of 5 images (1 skipped)"."""
-        text = f"Evaluated {self.images_counted} of {self.images_total} images"
-        if self.images_skipped:
-            text += f" ({self.images_skipped} skipped)"
-        return text
-
-    def summary(self) -> str:
-        return (f"top-1 {self.top1:.2f}%  top-5 {self.top5:.2f}%  "
-                f"{self.images_per_second:.1f} images/s")
 
 
 @dataclasses.dataclass
@@ -229,7 +125,8 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
     if outputs["results"] is not None:
         write_result_file(result, outputs["results"])
     if outputs["predictions"] is not None:
-        _write_predictions(eval_set, counts.predictions, outputs["predictions"], expected)
+        write_predictions_file(eval_set, counts.predictions, outputs["predictions"],
+                               expected)
     return result
 
 
@@ -456,7 +353,7 @@ def _run(model, eval_set: EvalSet, strategy, *, image_size, batch_size, crop_pad
     # Throughput is timed from the end of the first batch, whose time includes tracing
     # the forward pass, to the end of the last.
     first_batch_end = first_batch_images = None
-    with _progress_display(total, show_progress) as display:
+    with progress_display(total, show_progress, logger) as display:
 
         def record(batch_index, outputs, ids, labels, valid) -> None:
             nonlocal first_batch_end, first_batch_images
@@ -533,54 +430,8 @@ def _handle_failed_images(eval_set, failed_ids, counts, skip_bad_images, image_s
         counts.skipped_ids.append(int(image_id))
 
 
-def _bar_text(snapshot: EvalProgress | None) -> str | None:
-    if snapshot is None:
-        return None
-    if snapshot.images_skipped:
-        return f"{snapshot.images_skipped} skipped, {snapshot.summary()}"
-    return snapshot.summary()
-
-
-@contextlib.contextmanager
-def _progress_display(total: int, show_bar: bool):
-    """Yield a callable(snapshot, batch_index) that draws a bar or logs interval lines."""
-    if show_bar:
-        with click.progressbar(length=total, label="Evaluating", file=sys.stderr,
-                               item_show_func=_bar_text) as bar:
-            done = 0
-
-            def draw(snapshot: EvalProgress, batch_index: int) -> None:
-                nonlocal done
-                bar.update(snapshot.images_done - done, snapshot)
-                done = snapshot.images_done
-
-            yield draw
-        return
-
-    def log(snapshot: EvalProgress, batch_index: int) -> None:
-        finished = snapshot.images_done >= snapshot.images_total
-        if (batch_index + 1) % LOG_EVERY_BATCHES == 0 or finished:
-            logger.info("%s: %s", snapshot.counts_text(), snapshot.summary())
-
-    yield log
-
-
 # ---------------------------------------------------------------------------------------
-# Results
-
-
-def official_top1_for(variant: Variant | None, image_size: int, num_images: int,
-                      num_skipped: int) -> float | None:
-    """Return the published top-1 to compare with, or None when the run is not comparable.
-
-    Comparable means an official variant at its own image size on all 50,000 ILSVRC2012
-    validation images, none skipped.
-    """
-    if variant is None or variant.image_size != image_size:
-        return None
-    if num_images != OFFICIAL_EVAL_IMAGES or num_skipped:
-        return None
-    return variant.official_top1
+# Result
 
 
 def _make_result(eval_set: EvalSet, counts: _Counts, info: _ModelInfo,
@@ -597,55 +448,3 @@ def _make_result(eval_set: EvalSet, counts: _Counts, info: _ModelInfo,
         official_top1=official_top1_for(variant, image_size, counts.counted,
                                         counts.skipped),
         skipped_images=tuple(eval_set.image_name(i) for i in counts.skipped_ids))
-
-
-def write_result_file(result: EvalResult, path: str | Path) -> None:
-    """Write the result row as JSON or as a one-row CSV, chosen by the file's suffix."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in RESULT_SUFFIXES:
-        raise OutputError(f"Results file {path} must end in .json or .csv; received suffix "
-                          f"{suffix!r}.")
-    row = result.row()
-    with atomic_output(path, overwrite=True) as temp:
-        with open(temp, "w", newline="", encoding="utf-8") as handle:
-            if suffix == ".json":
-                json.dump(row, handle, indent=2)
-                handle.write("\n")
-            else:
-                writer = csv.DictWriter(handle, fieldnames=list(row))
-                writer.writeheader()
-                writer.writerow(row)
-
-
-# `image` is the record's image/filename when a TFRecord stores one, else `source`: the
-# `shard:record` of a TFRecord or the path relative to an image folder.
-PREDICTION_COLUMNS = ("image", "source", "label") + tuple(f"top{k}" for k in range(1, TOP_K + 1))
-
-
-def _write_predictions(eval_set: EvalSet, parts, path: Path, num_images: int) -> None:
-    """Write one CSV row per counted image, in id order: names, class index, top-5 classes.
-
-    `num_images` is how many images the run read, skipped ones included.
-    """
-    if parts:
-        ids = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
-        classes = np.concatenate([p[2] for p in parts])
-    else:
-        ids = labels = np.zeros([0], np.int64)
-        classes = np.zeros([0, TOP_K], np.int32)
-    order = np.argsort(ids, kind="stable")
-    filenames = None
-    if eval_set.kind == "tfrecord":
-        filenames = read_record_filenames(eval_set, num_images)
-    with atomic_output(path, overwrite=True) as temp:
-        with open(temp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(PREDICTION_COLUMNS)
-            for index in order:
-                image_id = int(ids[index])
-                source = eval_set.image_name(image_id)
-                image = (filenames[image_id] if filenames else "") or source
-                writer.writerow([image, source, int(labels[index]),
-                                 *(int(c) for c in classes[index])])

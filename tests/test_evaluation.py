@@ -19,7 +19,9 @@ from conftest import GOLDEN_DIR, require_reference
 from converter import imagenet_classes
 from converter.errors import (DataError, MappingError, OutputError, RsconvertError,
                               WeightsFileError)
-from converter.evaluation import EvalProgress, EvalResult, evaluate, official_top1_for
+from converter.eval_progress import EvalProgress
+from converter.eval_results import EvalResult, official_top1_for
+from converter.evaluation import evaluate
 from converter.variants import get_variant
 from test_eval_data import jpeg_bytes, make_synset_folder, write_raw_records
 
