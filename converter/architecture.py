@@ -1,10 +1,10 @@
 """The ResNet-RS architecture as data: one description for the name map and the Keras model.
 
-The network is the tensorflow/tpu `resnet_model.py` ResNet with the ResNet-RS options: a
-ResNet-D stem (three 3x3 convs, then a stride-2 3x3 conv in place of the max pool),
-bottleneck blocks whose first block per group has a projection shortcut (2x2 average pool,
-then a 1x1 conv, in strided groups), squeeze-and-excitation with ratio 0.25 after the last
-batch norm of every block, global average pooling and a dense classifier.
+The network is the tensorflow/tpu `resnet_model.py` ResNet with the ResNet-RS options. Its
+stem is the ResNet-D one: three 3x3 convs, then a stride-2 3x3 conv in place of the max
+pool. The first bottleneck block of each group has a projection shortcut (2x2 average pool,
+then a 1x1 conv, in strided groups). Squeeze-and-excitation with ratio 0.25 follows the last
+batch norm of every block, and the head is global average pooling and a dense classifier.
 
 Two orders of the same layers matter:
 

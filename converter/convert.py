@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -92,15 +93,8 @@ def _convert_with(reader, output: Path, depth, weights, include_top, overwrite,
         depth=name_map.depth, num_classes=name_map.num_classes, weights=weights,
         include_top=include_top, stored_dtype=name_map.stored_dtype,
         num_layers=len(name_map.layers), num_tensors=len(name_map.sources),
-        num_parameters=sum(int(_size(s.weight.shape)) for s in name_map.sources),
+        num_parameters=sum(math.prod(s.weight.shape) for s in name_map.sources),
         bytes_read=bytes_read, seconds=time.perf_counter() - start)
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 def convert_checkpoint(checkpoint: str | Path, output: str | Path, depth: int | None = None,

@@ -1,8 +1,8 @@
 """`rsconvert demo`: the whole pipeline on a generated checkpoint, with no downloads.
 
-It writes a random ResNet-RS-50 checkpoint in the exact tensorflow/tpu layout (original
-variable names, EMA shadows, Momentum slots, global_step), converts it, loads the `.h5`
-into the Keras 3 model, checks it against the original graph and evaluates a small
+It writes a random ResNet-RS-50 checkpoint in the exact tensorflow/tpu layout: original
+variable names, EMA shadows, Momentum slots and global_step. It then converts it, loads the
+`.h5` into the Keras 3 model, checks it against the original graph and evaluates a small
 generated image set.
 """
 

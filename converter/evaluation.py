@@ -34,7 +34,7 @@ from converter.eval_progress import EvalProgress, progress_display
 from converter.eval_results import (RESULT_SUFFIXES, TOP_K, EvalResult, official_top1_for,
                                     write_predictions_file, write_result_file)
 from converter.output_files import check_output_path
-from converter.variants import Variant, find_variant, get_variant
+from converter.variants import Variant, apply_variant, downloaded_checkpoint, find_variant
 
 logger = logging.getLogger(__name__)
 
@@ -173,21 +173,9 @@ def _reject_directory(label: str, path: str | Path, example_name: str) -> None:
 
 def _resolve_source(variant_name, weights_file, checkpoint, depth, image_size):
     """Merge --variant with the explicit options; return (variant, file, ckpt, depth, size)."""
-    variant = None
-    if variant_name is not None:
-        variant = get_variant(variant_name)
-        if depth is not None and depth != variant.depth:
-            raise RsconvertError(f"--depth {depth} conflicts with --variant {variant.name} "
-                                 f"(depth {variant.depth}); drop one of them.")
-        depth = variant.depth
-        if image_size is None:
-            image_size = variant.image_size
-        if weights_file is None and checkpoint is None:
-            checkpoint = variant.default_checkpoint_dir()
-            if not Path(checkpoint).exists():
-                raise RsconvertError(
-                    f"Checkpoint for {variant.name} not found at {checkpoint}; run `rsconvert "
-                    f"fetch {variant.name}`, or pass --checkpoint or --weights-file.")
+    variant, depth, image_size = apply_variant(variant_name, depth, image_size)
+    if variant is not None and weights_file is None and checkpoint is None:
+        checkpoint = downloaded_checkpoint(variant, "pass --checkpoint or --weights-file")
     if weights_file is not None and checkpoint is not None:
         raise RsconvertError("Both --weights-file and --checkpoint were given; pass only one "
                              "model source.")

@@ -3,8 +3,8 @@
 The layout is the one `save_weights("x.h5")` produced in Keras 2 and that both tf_keras and
 Keras 3 (`keras/src/legacy/saving/legacy_h5_format.py`) still load:
 
-* root attribute `layer_names`: the weighted layers, in the model's `model.layers` order;
-  the loaders match file layers to model layers by this position, not by name;
+* root attribute `layer_names`: the weighted layers, in the model's `model.layers` order.
+  The loaders match file layers to model layers by this position, not by name.
 * root attributes `backend` and `keras_version`;
 * one group per layer with attribute `weight_names` (`"<layer>/<weight>:0"`, in the layer's
   `weights` order) and one dataset per weight at `<layer>/<layer>/<weight>:0`.
@@ -62,8 +62,8 @@ def load_attribute(group: h5py.Group, name: str) -> list[str]:
 def write_weights(path: Path, layers, read_weight, attributes: dict, progress=None) -> None:
     """Write `layers` (LayerSpec, in Keras order) into `path`, one tensor at a time.
 
-    `read_weight(layer, weight)` returns the float32 array for one weight; it is called once
-    per weight and each array is written and dropped before the next is read, so memory stays
+    `read_weight(layer, weight)` returns the float32 array for one weight and is called once
+    per weight. Each array is written and dropped before the next is read, so memory stays
     near the largest tensor.
     """
     with h5py.File(path, "w") as f:

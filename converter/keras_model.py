@@ -156,9 +156,15 @@ class _dtype_policy:
         keras.config.set_dtype_policy(self.previous)
 
 
-def assign_weights(model: keras.Model, path: str | Path) -> None:
-    """Load an rsconvert `.h5` into `model` by layer name, checking names and shapes."""
+def assign_weights(model: keras.Model, path: str | Path, skip_layers: tuple[str, ...] = ()) -> None:
+    """Load an rsconvert `.h5` into `model` by layer name, checking names and shapes.
+
+    Layers named in `skip_layers` are ignored in the file, e.g. the classifier when a
+    model without top is built from a file with one.
+    """
     stored = read_weights(path)
+    for name in skip_layers:
+        stored.pop(name, None)
     by_name = {layer.name: layer for layer in model.layers if layer.weights}
     missing = sorted(set(by_name) - set(stored))
     unexpected = sorted(set(stored) - set(by_name))
@@ -191,21 +197,9 @@ def load_weights_file(path: str | Path, input_shape=None, classifier_activation=
                      classes=int(provenance["num_classes"]),
                      classifier_activation=classifier_activation,
                      include_preprocessing=include_preprocessing, dtype=dtype)
-    if include_top or not provenance["include_top"]:
-        assign_weights(model, path)
-    else:
-        _assign_without_top(model, path)
+    skip = () if include_top else (architecture.KERAS_CLASSIFIER,)
+    assign_weights(model, path, skip_layers=skip)
     return model
-
-
-def _assign_without_top(model: keras.Model, path: str | Path) -> None:
-    stored = read_weights(path)
-    stored.pop(architecture.KERAS_CLASSIFIER, None)
-    for layer in model.layers:
-        if layer.weights:
-            if layer.name not in stored:
-                raise WeightsFileError(f"{path} has no weights for layer {layer.name}")
-            layer.set_weights(stored[layer.name])
 
 
 def stage_outputs_model(model: keras.Model) -> keras.Model:

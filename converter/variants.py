@@ -76,3 +76,29 @@ def get_variant(name: str) -> Variant:
 
 def find_variant(depth: int, image_size: int) -> Variant | None:
     return _BY_NAME.get(f"resnet-rs-{depth}-i{image_size}")
+
+
+def apply_variant(name: str | None, depth: int | None,
+                  image_size: int | None) -> tuple[Variant | None, int | None, int | None]:
+    """Merge --variant NAME with explicit --depth and image size.
+
+    Explicit values win; a depth that disagrees with the variant is an error. Returns
+    (variant or None, depth, image size).
+    """
+    if name is None:
+        return None, depth, image_size
+    variant = get_variant(name)
+    if depth is not None and depth != variant.depth:
+        raise RsconvertError(f"--depth {depth} conflicts with --variant {variant.name} "
+                             f"(depth {variant.depth}); drop one of them.")
+    return variant, variant.depth, variant.image_size if image_size is None else image_size
+
+
+def downloaded_checkpoint(variant: Variant, alternative: str = "pass --checkpoint") -> str:
+    """Return the variant's checkpoint directory under checkpoints/, or raise if missing."""
+    location = variant.default_checkpoint_dir()
+    if not location.exists():
+        raise RsconvertError(
+            f"Checkpoint for {variant.name} not found at {location}; run `rsconvert fetch "
+            f"{variant.name}` or {alternative}.")
+    return str(location)

@@ -3,9 +3,9 @@
 A checkpoint `PREFIX` is `PREFIX.index` plus data shards `PREFIX.data-NNNNN-of-NNNNN`.
 The index is a LevelDB-style SSTable (tensorflow/core/lib/io/table_builder.cc): data blocks of
 prefix-compressed key/value entries, an index block pointing at them, and a 48-byte footer.
-The value under the empty key is a `BundleHeaderProto` (num_shards, endianness); every other
+The value under the empty key is a `BundleHeaderProto` (num_shards, endianness). Every other
 key is a tensor name whose value is a `BundleEntryProto` (dtype, shape, shard_id, offset, size,
-crc32c) describing where the tensor's raw bytes lie in its shard
+crc32c) that locates the tensor's raw bytes in its shard
 (tensorflow/core/protobuf/tensor_bundle.proto). The protobufs are decoded by hand here so
 that reading needs neither TensorFlow nor protobuf.
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
@@ -39,10 +40,14 @@ EXIT_INTERRUPTED = 130
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(verbose: int, quiet: bool) -> None:
     """Convert tensorflow/tpu ResNet-RS checkpoints to Keras and check the result."""
-    level = logging.WARNING if quiet else (logging.INFO if verbose < 2 else logging.DEBUG)
+    if quiet:
+        level = logging.WARNING
+    elif verbose < 2:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     # TensorFlow's C++ logging is noisy on start-up; keep its errors only.
-    import os
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
 from converter.errors import RsconvertError
-from converter.variants import Variant, get_variant
+from converter.variants import Variant, apply_variant, downloaded_checkpoint
 
 
 def variant_option(function):
@@ -40,17 +39,7 @@ def resolve_variant(variant_name: str | None, checkpoint: str | None, depth: str
                     image_size: int | None) -> tuple[Variant | None, str | None, int | None, int | None]:
     """Merge --variant with explicit options; explicit options win, conflicts are errors."""
     depth_value = int(depth) if depth is not None else None
-    if variant_name is None:
-        return None, checkpoint, depth_value, image_size
-    variant = get_variant(variant_name)
-    if depth_value is not None and depth_value != variant.depth:
-        raise RsconvertError(f"--depth {depth_value} conflicts with --variant {variant.name} "
-                             f"(depth {variant.depth}); drop one of them.")
-    if checkpoint is None:
-        location = variant.default_checkpoint_dir()
-        if not Path(location).exists():
-            raise RsconvertError(
-                f"Checkpoint for {variant.name} not found at {location}; run `rsconvert fetch "
-                f"{variant.name}` or pass --checkpoint.")
-        checkpoint = str(location)
-    return variant, checkpoint, variant.depth, image_size or variant.image_size
+    variant, depth_value, image_size = apply_variant(variant_name, depth_value, image_size)
+    if variant is not None and checkpoint is None:
+        checkpoint = downloaded_checkpoint(variant)
+    return variant, checkpoint, depth_value, image_size

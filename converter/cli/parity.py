@@ -49,13 +49,13 @@ def command(checkpoint, weights_file, variant, depth, image_size, image_option, 
     """
     from converter.parity import DEFAULT_IMAGE_SIZE, run_parity_check
 
-    _, checkpoint, depth_value, variant_size = resolve_variant(variant, checkpoint, depth,
-                                                               image_size)
+    _, checkpoint, depth_value, image_size = resolve_variant(variant, checkpoint, depth,
+                                                             image_size)
     if checkpoint is None:
         raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
     # An explicit --image-size, 0 included, is passed on for the library to check.
     if image_size is None:
-        image_size = variant_size if variant_size is not None else DEFAULT_IMAGE_SIZE
+        image_size = DEFAULT_IMAGE_SIZE
     report = run_parity_check(
         checkpoint, weights_file, depth=depth_value, image_size=image_size,
         images=list(image_option) + list(more_images), random_images=random_images, seed=seed,
