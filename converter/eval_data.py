@@ -196,6 +196,9 @@ def read_labels_file(path: str | Path, image_names: Sequence[str]) -> list[int]:
       without its extension;
     * `file<TAB>label` lines with labels 1..1000 (the imagenet_to_gcs convention);
     * one wnid per line, in the sorted order of `image_names`.
+
+    A file of bare class numbers, one per line, raises DataError, because the devkit's
+    ground-truth file numbers classes in an order that differs from the model's.
     """
     path = Path(path)
     try:
@@ -276,6 +279,15 @@ def _read_label_tsv(path: Path, lines: list[str]) -> dict[str, int]:
 
 
 def _read_wnid_lines(path: Path, lines: list[str], image_names: Sequence[str]) -> list[int]:
+    if lines[0].strip().isdigit():
+        # The ILSVRC2012 devkit's ILSVRC2012_validation_ground_truth.txt numbers classes in
+        # the devkit's own order (1 is n02119789), not in the sorted wnid order of the model.
+        raise DataError(f"Labels file {path} contains bare class numbers ({lines[0].strip()!r} "
+                        "on line 1), as the devkit's ILSVRC2012_validation_ground_truth.txt "
+                        "does. Those follow the devkit's class order, not the wnid order of "
+                        "the model, so they cannot be used directly; pass one wnid per line, a "
+                        "LOC_val_solution.csv, or file<TAB>label lines with labels 1..1000 in "
+                        "sorted wnid order.")
     if len(lines) != len(image_names):
         raise DataError(f"Labels file {path} has {len(lines)} wnid lines but the folder has "
                         f"{len(image_names)} images; expected one wnid per image, in file-name "

@@ -309,6 +309,7 @@ def test_label_file_errors(tmp_path):
         ("a.JPEG\t1\nb.JPEG\tfish\n", r"line 2: label 'fish' is not an integer"),
         ("a.JPEG\t1\t2\n", r"line 1: expected file<TAB>label"),
         ("\n\n", r"is empty"),
+        ("490\n361\n", r"bare class numbers \('490' on line 1\).*devkit's class order"),
     ]
     for text, message in cases:
         path = tmp_path / "labels.txt"
