@@ -6,6 +6,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -13,6 +14,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Data produced by running the original tensorflow/tpu code, kept beside the repository.
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
 GOLDEN_DIR = REFERENCE_DIR / "golden-rs50-i160"
+# Relative to the largest |logit|: float32 reorderings between TF1 graph ops and Keras layers.
+LOGIT_TOLERANCE = 5e-5
+
+
+def max_relative_error(actual, expected) -> float:
+    """Largest absolute difference over the largest magnitude of `expected`."""
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 def require_reference(path: Path = REFERENCE_DIR) -> Path:

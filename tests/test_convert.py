@@ -8,21 +8,14 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import GOLDEN_DIR, REFERENCE_DIR, require_reference
+from conftest import (GOLDEN_DIR, LOGIT_TOLERANCE, REFERENCE_DIR, max_relative_error,
+                      require_reference)
 from converter import architecture
 from converter.checkpoint.variables import EMA_SUFFIX, MOMENTUM_SUFFIX
 from converter.convert import convert_checkpoint
 from converter.errors import CheckpointError, MappingError, OutputError
 from converter.h5_weights import load_attribute, read_provenance
 from converter.name_map import build_name_map
-
-# Relative to the largest |logit|: float32 reorderings between TF1 graph ops and Keras layers.
-LOGIT_TOLERANCE = 5e-5
-
-
-def max_relative_error(actual, expected):
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
-
 
 @pytest.mark.parametrize("weights", ["ema", "raw"])
 def test_golden_logits_keras3(weights, golden_h5):
