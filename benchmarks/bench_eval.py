@@ -1,14 +1,21 @@
 """Benchmark the throughput of `converter.evaluation.evaluate` (what `rsconvert eval` runs).
 
 It prepares photo-sized JPEG TFRecords (imagenet_to_gcs layout) and a converted random
-ResNet-RS `.h5`, then measures images per second in three modes, each in a fresh child
+ResNet-RS `.h5`, then measures images per second in four modes, each in a fresh child
 process, round-robin:
 
 * `eval`: `evaluate(DATA, SIZE, weights_file=H5, batch_size=B)`;
 * `model`: the same model on the same batches, decoded into memory beforehand, through one
   `tf.function` forward pass; this is the ceiling for `eval`;
 * `eager`: a plain loop that calls the model eagerly on each batch of a tf.data pipeline
-  (parse, preprocess, `batch(drop_remainder=True)`, no parallel map, no prefetch).
+  (parse, preprocess, `batch(drop_remainder=True)`, no parallel map, no prefetch);
+* `input`: that same pipeline alone, with no model.
+
+No evaluation can run faster than `model`, so `eval / eager` cannot exceed `model / eager`.
+Both ratios are printed. The eager loop loses time to its input and to running the model op
+by op, and `input` shows how much of its time per image the input can account for. tf.data's
+default graph optimizations may parallelize that map and add a prefetch although the
+pipeline requests neither.
 
 Throughput is counted from the end of the first batch to the end of the last, so model
 building and tracing are left out of every mode alike. Targets: eval >= 0.9x model and
@@ -33,7 +40,7 @@ from measurement import (MIB, REPO_ROOT, format_command, format_machine, machine
                          median, run_measured)
 
 DEFAULT_WORKDIR = REPO_ROOT / "benchmarks" / "work" / "eval"
-MODES = ("eval", "model", "eager")
+MODES = ("eval", "model", "eager", "input")
 TARGET_MODEL_RATIO = 0.9    # eval images/s / model-alone images/s
 TARGET_EAGER_RATIO = 1.5    # eval images/s / plain eager loop images/s
 # (width, height) of the generated JPEGs: common ImageNet photo sizes.
@@ -130,8 +137,8 @@ def measure_model(data_dir: Path, weights_file: Path, image_size: int, batch_siz
     return {"images_per_second": _images_per_second(marks), "images": done}
 
 
-def measure_eager(data_dir: Path, weights_file: Path, image_size: int, batch_size: int) -> dict:
-    import numpy as np
+def _plain_dataset(data_dir: Path, image_size: int, batch_size: int):
+    """Return TFRecords -> map(parse + preprocess) -> batch(drop_remainder=True)."""
     import tensorflow as tf
 
     from converter.preprocessing import preprocess_image_bytes
@@ -145,7 +152,13 @@ def measure_eager(data_dir: Path, weights_file: Path, image_size: int, batch_siz
         return image, parsed["image/class/label"] - 1
 
     files = sorted(str(path) for path in data_dir.glob("validation-*"))
-    dataset = tf.data.TFRecordDataset(files).map(parse).batch(batch_size, drop_remainder=True)
+    return tf.data.TFRecordDataset(files).map(parse).batch(batch_size, drop_remainder=True)
+
+
+def measure_eager(data_dir: Path, weights_file: Path, image_size: int, batch_size: int) -> dict:
+    import numpy as np
+
+    dataset = _plain_dataset(data_dir, image_size, batch_size)
     model = _load_model(weights_file, image_size)
 
     marks: list[tuple[float, int]] = []
@@ -158,7 +171,18 @@ def measure_eager(data_dir: Path, weights_file: Path, image_size: int, batch_siz
     return {"images_per_second": _images_per_second(marks), "images": done}
 
 
-MEASURES = {"eval": measure_eval, "model": measure_model, "eager": measure_eager}
+def measure_input(data_dir: Path, weights_file: Path, image_size: int, batch_size: int) -> dict:
+    del weights_file  # the input pipeline alone runs no model
+    marks: list[tuple[float, int]] = []
+    done = 0
+    for images, _ in _plain_dataset(data_dir, image_size, batch_size):
+        done += int(images.shape[0])
+        marks.append((time.perf_counter(), done))
+    return {"images_per_second": _images_per_second(marks), "images": done}
+
+
+MEASURES = {"eval": measure_eval, "model": measure_model, "eager": measure_eager,
+            "input": measure_input}
 
 
 # --- driver ---------------------------------------------------------------------------
@@ -207,6 +231,10 @@ def run_benchmark(args) -> None:
           f"(target >= {TARGET_MODEL_RATIO})")
     print(f"- eval / eager: {eval_rate / median(rates['eager']):.2f} "
           f"(target >= {TARGET_EAGER_RATIO})")
+    print(f"- model / eager, the most eval / eager can reach here: "
+          f"{median(rates['model']) / median(rates['eager']):.2f}")
+    print(f"- input alone takes {median(rates['eager']) / median(rates['input']):.1%} of the "
+          "eager loop's time per image")
     if args.json is not None:
         args.json.write_text(json.dumps({"machine": machine, "runs": measured}, indent=2))
     if not args.keep:
