@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from measurement import (MIB, REPO_ROOT, format_command, format_machine, machine_description,
-                         median, run_measured)
+                         median, run_round_robin)
 
 DEFAULT_WORKDIR = REPO_ROOT / "benchmarks" / "work" / "eval"
 MODES = ("eval", "model", "eager", "input")
@@ -202,14 +202,7 @@ def run_benchmark(args) -> None:
                        "--image-size", str(args.image_size),
                        "--batch-size", str(args.batch_size)]
                 for mode in MODES}
-    measured: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    for round_index in range(args.runs):
-        for mode in MODES:
-            print(f"run {round_index + 1}/{args.runs}: {mode}", file=sys.stderr, flush=True)
-            run = run_measured(commands[mode], env=env)
-            row = json.loads(run.stdout.strip().splitlines()[-1])
-            row.update(seconds=run.seconds, peak_rss_bytes=run.peak_rss_bytes)
-            measured[mode].append(row)
+    measured = run_round_robin(commands, args.runs, env=env)
     machine["load_average_1min_at_end"] = f"{os.getloadavg()[0]:.2f}"
 
     rates = {mode: [row["images_per_second"] for row in measured[mode]] for mode in MODES}

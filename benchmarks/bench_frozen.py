@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from measurement import MIB, format_machine, machine_description, median, run_measured
+from measurement import MIB, format_machine, machine_description, median, run_round_robin
 
 MODES = ("variables", "frozen")
 
@@ -75,14 +75,7 @@ def run_benchmark(args) -> None:
                        "--depth", str(args.depth), "--image-size", str(args.image_size),
                        "--batch-size", str(args.batch_size), "--batches", str(args.batches)]
                 for mode in MODES}
-    measured: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    for round_index in range(args.runs):
-        for mode in MODES:
-            print(f"run {round_index + 1}/{args.runs}: {mode}", file=sys.stderr, flush=True)
-            run = run_measured(commands[mode], env=env)
-            row = json.loads(run.stdout.strip().splitlines()[-1])
-            row.update(peak_rss_bytes=run.peak_rss_bytes)
-            measured[mode].append(row)
+    measured = run_round_robin(commands, args.runs, env=env)
     machine["load_average_1min_at_end"] = f"{os.getloadavg()[0]:.2f}"
 
     print("## Machine\n")

@@ -85,6 +85,24 @@ def run_measured(command: Sequence[str], env: dict[str, str] | None = None,
     return run
 
 
+def run_round_robin(commands: dict[str, list[str]], runs: int,
+                    env: dict[str, str] | None = None) -> dict[str, list[dict]]:
+    """Run each mode's command `runs` times, alternating modes; return the rows per mode.
+
+    Each command prints a JSON object as its last stdout line; its row is that object plus
+    the process's `seconds` and `peak_rss_bytes`.
+    """
+    measured: dict[str, list[dict]] = {mode: [] for mode in commands}
+    for round_index in range(runs):
+        for mode, command in commands.items():
+            print(f"run {round_index + 1}/{runs}: {mode}", file=sys.stderr, flush=True)
+            run = run_measured(command, env=env)
+            row = json.loads(run.stdout.strip().splitlines()[-1])
+            row.update(seconds=run.seconds, peak_rss_bytes=run.peak_rss_bytes)
+            measured[mode].append(row)
+    return measured
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
