@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from converter import __version__
+from converter.arguments import require_at_least
 from converter.checkpoint import open_checkpoint, to_float32
 from converter.errors import UnsupportedBundleFeature
 from converter.h5_weights import write_weights
@@ -47,8 +48,8 @@ class ConversionReport:
         top = "with classifier" if self.include_top else "without classifier (notop)"
         return (f"Wrote {self.output}: ResNet-RS-{self.depth}, {self.num_classes} classes, "
                 f"{top}, {self.weights} weights, {self.num_layers} layers, {self.num_tensors} "
-                f"tensors, {self.num_parameters:,} parameters (stored as {self.stored_dtype}) in "
-                f"{self.seconds:.2f} s")
+                f"tensors, {self.num_parameters:,} parameters (float32; the checkpoint stored "
+                f"{self.stored_dtype}) in {self.seconds:.2f} s")
 
 
 def default_output_name(depth: int, include_top: bool, image_size: int | None = None) -> str:
@@ -58,7 +59,7 @@ def default_output_name(depth: int, include_top: bool, image_size: int | None = 
 
 
 def _convert_with(reader, output: Path, depth, weights, include_top, overwrite,
-                  expected_classes, show_progress) -> ConversionReport:
+                  expected_classes, image_size, show_progress) -> ConversionReport:
     start = time.perf_counter()
     name_map = build_name_map(reader, depth=depth, weights=weights, include_top=include_top,
                               expected_classes=expected_classes)
@@ -80,6 +81,8 @@ def _convert_with(reader, output: Path, depth, weights, include_top, overwrite,
         "weights": weights,
         "stored_dtype": name_map.stored_dtype,
     }
+    if image_size is not None:
+        attributes["image_size"] = image_size
     with atomic_output(output, overwrite=overwrite) as temp:
         if show_progress:
             with click.progressbar(length=len(name_map.layers), label="Converting",
@@ -100,19 +103,25 @@ def _convert_with(reader, output: Path, depth, weights, include_top, overwrite,
 def convert_checkpoint(checkpoint: str | Path, output: str | Path, depth: int | None = None,
                        weights: str = "ema", include_top: bool = True, overwrite: bool = False,
                        expected_classes: int | None = None, backend: str = "auto",
+                       image_size: int | None = None,
                        show_progress: bool | None = None) -> ConversionReport:
     """Convert `checkpoint` into the legacy-layout Keras weights file `output`.
+
+    `image_size`, when given, is recorded in the file as the eval image size, so that
+    parity-check and eval default to it.
 
     Raises CheckpointError, MappingError or OutputError with a message that names the
     problem; `output` is then neither created nor changed.
     """
     output = check_output_path(output, overwrite)
+    if image_size is not None:
+        require_at_least("image size", image_size, 1, "a positive number of pixels, e.g. 224")
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     reader = open_checkpoint(checkpoint, backend=backend)
     try:
         return _convert_with(reader, output, depth, weights, include_top, overwrite,
-                             expected_classes, show_progress)
+                             expected_classes, image_size, show_progress)
     except UnsupportedBundleFeature as error:
         if backend != "auto":
             raise
@@ -122,4 +131,4 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, depth: int | 
         reader.close()
     with open_checkpoint(checkpoint, backend="tensorflow") as tf_reader:
         return _convert_with(tf_reader, output, depth, weights, include_top, overwrite,
-                             expected_classes, show_progress)
+                             expected_classes, image_size, show_progress)

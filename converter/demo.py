@@ -97,7 +97,7 @@ def run_demo(workdir: str | Path | None = None, image_size: int = DEMO_IMAGE_SIZ
         start = time.perf_counter()
         weights_file = root / f"resnet-rs-{DEMO_DEPTH}-i{image_size}.h5"
         conversion = convert_checkpoint(prefix, weights_file, overwrite=True,
-                                        show_progress=False)
+                                        image_size=image_size, show_progress=False)
         record("ckpt-to-h5", start, conversion.summary())
 
         from converter.keras_model import load_weights_file

@@ -115,7 +115,7 @@ def open_eval_data(path: str | Path, labels_file: str | Path | None = None) -> E
     `path` is a directory of `validation-*` TFRecord shards, a folder of per-wnid
     subfolders, or a flat folder of images together with `labels_file`.
     """
-    root = Path(path)
+    root = Path(path).expanduser()
     if not root.exists():
         raise DataError(f"Evaluation data {root} does not exist; pass the directory of "
                         "validation-* TFRecords or of ILSVRC2012 validation images.")
@@ -231,7 +231,7 @@ def read_labels_file(path: str | Path, image_names: Sequence[str]) -> list[int]:
                         f"{_listing(missing)}.")
     unused = len(by_name) - len(image_names)
     if unused > 0:
-        logger.info("Labels file %s lists %d images that are not in the folder; they are "
+        logger.info("Labels file %s lists %d image(s) that are not in the folder; they are "
                     "ignored.", path, unused)
     return labels
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converter import imagenet_classes
 from converter.errors import OutputError
 from converter.eval_data import EvalSet, read_record_filenames
 from converter.output_files import atomic_output
@@ -99,7 +100,7 @@ def official_top1_for(variant: Variant | None, image_size: int, num_images: int,
 
 
 
-def write_result_file(result: EvalResult, path: str | Path) -> None:
+def write_result_file(result: EvalResult, path: str | Path, overwrite: bool = False) -> None:
     """Write the result row as JSON or as a one-row CSV, chosen by the file's suffix."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -107,7 +108,7 @@ def write_result_file(result: EvalResult, path: str | Path) -> None:
         raise OutputError(f"Results file {path} must end in .json or .csv; received suffix "
                           f"{suffix!r}.")
     row = result.row()
-    with atomic_output(path, overwrite=True) as temp:
+    with atomic_output(path, overwrite=overwrite) as temp:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
             if suffix == ".json":
                 json.dump(row, handle, indent=2)
@@ -119,12 +120,16 @@ def write_result_file(result: EvalResult, path: str | Path) -> None:
 
 
 # `image` is the record's image/filename when a TFRecord stores one, else `source`: the
-# `shard:record` of a TFRecord or the path relative to an image folder.
-PREDICTION_COLUMNS = ("image", "source", "label") + tuple(f"top{k}" for k in range(1, TOP_K + 1))
+# `shard:record` of a TFRecord or the path relative to an image folder. `label` and
+# top1..top5 are 0-based model class indices (a TFRecord label minus 1); the wnid columns
+# name the label's and the top-1 prediction's classes.
+PREDICTION_COLUMNS = (("image", "source", "label") + tuple(f"top{k}" for k in range(1, TOP_K + 1))
+                      + ("label_wnid", "top1_wnid"))
 
 
-def write_predictions_file(eval_set: EvalSet, parts, path: Path, num_images: int) -> None:
-    """Write one CSV row per counted image, in id order: names, class index, top-5 classes.
+def write_predictions_file(eval_set: EvalSet, parts, path: Path, num_images: int,
+                           overwrite: bool = False) -> None:
+    """Write one CSV row per counted image, in id order: names, class indices, wnids.
 
     `num_images` is how many images the run read, skipped ones included.
     """
@@ -139,7 +144,8 @@ def write_predictions_file(eval_set: EvalSet, parts, path: Path, num_images: int
     filenames = None
     if eval_set.kind == "tfrecord":
         filenames = read_record_filenames(eval_set, num_images)
-    with atomic_output(path, overwrite=True) as temp:
+    wnids = imagenet_classes.wnids()
+    with atomic_output(path, overwrite=overwrite) as temp:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(PREDICTION_COLUMNS)
@@ -147,5 +153,5 @@ def write_predictions_file(eval_set: EvalSet, parts, path: Path, num_images: int
                 image_id = int(ids[index])
                 source = eval_set.image_name(image_id)
                 image = (filenames[image_id] if filenames else "") or source
-                writer.writerow([image, source, int(labels[index]),
-                                 *(int(c) for c in classes[index])])
+                label, top5 = int(labels[index]), [int(c) for c in classes[index]]
+                writer.writerow([image, source, label, *top5, wnids[label], wnids[top5[0]]])

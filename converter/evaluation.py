@@ -33,6 +33,7 @@ from converter.eval_data import EvalSet, check_labels, open_eval_data
 from converter.eval_progress import EvalProgress, progress_display
 from converter.eval_results import (RESULT_SUFFIXES, TOP_K, EvalResult, official_top1_for,
                                     write_predictions_file, write_result_file)
+from converter.h5_weights import recorded_image_size
 from converter.output_files import check_output_path
 from converter.variants import Variant, apply_variant, downloaded_checkpoint, find_variant
 
@@ -76,7 +77,7 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
              limit: int | None = None, precision: str = "float32", crop_padding: int = 32,
              weights: str | None = None, skip_bad_images: bool = False,
              results_file: str | Path | None = None,
-             predictions_file: str | Path | None = None,
+             predictions_file: str | Path | None = None, overwrite: bool = False,
              show_progress: bool | None = None,
              progress: Callable[[EvalProgress], None] | None = None) -> EvalResult:
     """Evaluate ImageNet top-1/top-5 of a ResNet-RS on `data` and return the result.
@@ -85,12 +86,14 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
     converted into a temporary directory first (`weights` "ema" or "raw"). `variant`
     fills depth, image size and, without either source, the default checkpoint location.
     `results_file` (.json or .csv) receives the result row and `predictions_file` one CSV
-    row per image; both are written atomically after the run. `show_progress` draws a
+    row per image; both are written atomically after the run, and an existing file is an
+    error before the run unless `overwrite`. `image_size` defaults to the variant's size,
+    then to the size recorded in `weights_file`. `show_progress` draws a
     progress bar on stderr (default: when stderr is a terminal); otherwise a line is logged
     every LOG_EVERY_BATCHES batches. `progress`, when given, is called after every batch.
     """
     _check_options(batch_size, limit, precision, crop_padding, weights)
-    outputs = _check_output_files(results_file, predictions_file)
+    outputs = _check_output_files(results_file, predictions_file, overwrite)
     known_variant, weights_file, checkpoint, depth, image_size = _resolve_source(
         variant, weights_file, checkpoint, depth, image_size)
 
@@ -123,10 +126,10 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
     result = _make_result(eval_set, counts, info, known_variant, image_size, precision,
                           crop_padding)
     if outputs["results"] is not None:
-        write_result_file(result, outputs["results"])
+        write_result_file(result, outputs["results"], overwrite)
     if outputs["predictions"] is not None:
         write_predictions_file(eval_set, counts.predictions, outputs["predictions"],
-                               expected)
+                               expected, overwrite)
     return result
 
 
@@ -144,19 +147,20 @@ def _check_options(batch_size, limit, precision, crop_padding, weights) -> None:
         require_choice("weights", weights, WEIGHT_CHOICES)
 
 
-def _check_output_files(results_file, predictions_file) -> dict[str, Path | None]:
+def _check_output_files(results_file, predictions_file,
+                        overwrite: bool) -> dict[str, Path | None]:
     """Check both output paths before the run, so that a long evaluation is not lost."""
     outputs: dict[str, Path | None] = {"results": None, "predictions": None}
     if results_file is not None:
         _reject_directory("Results file", results_file, "results.json")
-        path = check_output_path(results_file, overwrite=True)
+        path = check_output_path(results_file, overwrite)
         if path.suffix.lower() not in RESULT_SUFFIXES:
             raise OutputError(f"Results file {path} must end in .json or .csv; received "
                               f"suffix {path.suffix!r}.")
         outputs["results"] = path
     if predictions_file is not None:
         _reject_directory("Predictions file", predictions_file, "predictions.csv")
-        outputs["predictions"] = check_output_path(predictions_file, overwrite=True)
+        outputs["predictions"] = check_output_path(predictions_file, overwrite)
     if (outputs["results"] is not None and outputs["predictions"] is not None
             and outputs["results"].resolve() == outputs["predictions"].resolve()):
         raise OutputError(f"Results file and predictions file are the same file "
@@ -182,9 +186,11 @@ def _resolve_source(variant_name, weights_file, checkpoint, depth, image_size):
     if weights_file is None and checkpoint is None:
         raise RsconvertError("No model given; pass --weights-file FILE.h5, --checkpoint PATH "
                              "or --variant NAME.")
+    if image_size is None and weights_file is not None:
+        image_size = recorded_image_size(weights_file)
     if image_size is None:
-        raise RsconvertError("Missing --image_size (pixels, e.g. 224); it is only filled in "
-                             "by --variant.")
+        raise RsconvertError("Missing --image_size (pixels, e.g. 224); it is filled in only "
+                             "by --variant or from a weights file converted with one.")
     if image_size < 1:
         raise RsconvertError(f"Invalid image size {image_size}; expected a positive number "
                              "of pixels, e.g. 224.")

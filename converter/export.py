@@ -56,9 +56,20 @@ class ExportReport:
                 f"{size}, in {self.seconds:.1f} s")
 
 
-def export_model(weights_file: str | Path, output: str | Path, export_format: str, *,
-                 image_size: int | None = None, overwrite: bool = False) -> ExportReport:
+def infer_export_format(output: str | Path) -> str:
+    """Return the export format an output name implies: .keras, .weights.h5, else savedmodel."""
+    name = Path(output).name
+    for export_format, suffix in FILE_SUFFIXES.items():
+        if name.endswith(suffix):
+            return export_format
+    return "savedmodel"
+
+
+def export_model(weights_file: str | Path, output: str | Path, export_format: str | None = None,
+                 *, image_size: int | None = None, overwrite: bool = False) -> ExportReport:
     """Load an rsconvert `.h5` and write it to `output` in `export_format`.
+
+    Without `export_format` the format follows the output name (`infer_export_format`).
 
     `image_size` fixes the input height and width; without it the exports accept any size.
     Raises OutputError when `output` exists (unless `overwrite`), has the wrong suffix, or
@@ -67,6 +78,8 @@ def export_model(weights_file: str | Path, output: str | Path, export_format: st
     from converter.h5_weights import read_provenance
 
     weights_file = Path(weights_file)
+    if export_format is None:
+        export_format = infer_export_format(output)
     output = check_export_path(output, export_format, overwrite)
     if image_size is not None and image_size < 1:
         raise RsconvertError(f"Invalid image size {image_size}; expected a positive number of "
@@ -106,6 +119,10 @@ def check_export_path(output: str | Path, export_format: str, overwrite: bool) -
     if suffix is not None and not path.name.endswith(suffix):
         raise OutputError(f"A {export_format} export must be a file ending in {suffix}. "
                           f"Received: {path}. Use e.g. {path.with_name(path.stem + suffix)}.")
+    if suffix is None and path.name.endswith((".h5", ".keras")):
+        raise OutputError(f"A {export_format} export is a folder, but {path} has a file "
+                          "suffix; pass a folder name, or --format keras or weights.h5 for a "
+                          "file.")
     if path.exists() and not overwrite:
         raise OutputError(f"Output {path} already exists; pass --overwrite to replace it.")
     if suffix is not None and path.is_dir():

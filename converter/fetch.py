@@ -137,10 +137,14 @@ def fetch_variant(
         _download_and_unpack(variant, url, root, target, force=force, keep_archive=keep_archive,
                              retries=retries, timeout_s=timeout_s, backoff_s=backoff_s,
                              progress=progress)
-    except BaseException:
+    except BaseException as error:
         # Folders that this call created and that stayed empty, e.g. because nothing
         # arrived, are removed. A folder with a .part file to resume from is kept.
         _remove_empty_folders(created)
+        part = root / (variant.archive_name + PART_SUFFIX)
+        if not isinstance(error, Exception) and part.is_file():
+            logger.warning("Stopped with %s bytes of %s in %s; run the same command again to "
+                           "resume.", f"{part.stat().st_size:,}", variant.archive_name, part)
         raise
     logger.info("%s is ready in %s", variant.name, target)
     return FetchResult(variant, target, downloaded=True)

@@ -27,8 +27,10 @@ HDF5_OBJECT_HEADER_LIMIT = 64512
 # Reported as keras_version: the Keras 2 line whose save_weights wrote this layout. Loaders
 # only treat "1.x" files specially.
 KERAS_LAYOUT_VERSION = "2.21.0"
+# `image_size` is the eval size of the official variant. It is stored only when the
+# conversion knew it (--variant or --image-size), and read back as None otherwise.
 PROVENANCE_KEYS = ("rsconvert_version", "source_checkpoint", "depth", "num_classes",
-                   "include_top", "weights", "stored_dtype")
+                   "include_top", "weights", "stored_dtype", "image_size")
 
 
 def save_attribute(group: h5py.Group, name: str, values: list[str]) -> None:
@@ -91,7 +93,10 @@ def write_weights(path: Path, layers, read_weight, attributes: dict, progress=No
 
 def read_provenance(path: str | Path) -> dict:
     """Return the rsconvert attributes of a weights file, or raise WeightsFileError."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise WeightsFileError(f"Weights file {path} is a directory; pass the .h5 file written "
+                               "by `rsconvert ckpt-to-h5`.")
     if not path.is_file():
         raise WeightsFileError(f"Weights file {path} does not exist.")
     try:
@@ -115,9 +120,15 @@ def read_provenance(path: str | Path) -> dict:
     return provenance
 
 
+def recorded_image_size(path: str | Path) -> int | None:
+    """Return the eval image size stored in an rsconvert weights file, or None."""
+    value = read_provenance(path)["image_size"]
+    return int(value) if value is not None else None
+
+
 def read_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
     """Return {layer name: [arrays in weight order]} from a legacy-layout weights file."""
-    with h5py.File(path, "r") as f:
+    with h5py.File(Path(path).expanduser(), "r") as f:
         result = {}
         for layer_name in load_attribute(f, "layer_names"):
             group = f[layer_name]

@@ -185,8 +185,11 @@ def assign_weights(model: keras.Model, path: str | Path, skip_layers: tuple[str,
 
 def load_weights_file(path: str | Path, input_shape=None, classifier_activation=None,
                       include_top: bool | None = None, include_preprocessing: bool = False,
-                      dtype=None) -> keras.Model:
-    """Build the ResNet-RS that an rsconvert `.h5` describes and load the file into it."""
+                      pooling: str | None = None, dtype=None) -> keras.Model:
+    """Build the ResNet-RS that an rsconvert `.h5` describes and load the file into it.
+
+    `pooling` ("avg" or "max") applies only to a model without top, as in ResNetRS.
+    """
     provenance = read_provenance(path)
     if include_top is None:
         include_top = provenance["include_top"]
@@ -196,7 +199,7 @@ def load_weights_file(path: str | Path, input_shape=None, classifier_activation=
     model = ResNetRS(int(provenance["depth"]), include_top=include_top, input_shape=input_shape,
                      classes=int(provenance["num_classes"]),
                      classifier_activation=classifier_activation,
-                     include_preprocessing=include_preprocessing, dtype=dtype)
+                     include_preprocessing=include_preprocessing, pooling=pooling, dtype=dtype)
     skip = () if include_top else (architecture.KERAS_CLASSIFIER,)
     assign_weights(model, path, skip_layers=skip)
     return model

@@ -28,8 +28,11 @@ def default_directory_mode() -> int:
 
 
 def check_output_path(output: str | Path, overwrite: bool) -> Path:
-    """Fail early, before any work, when `output` cannot or must not be written."""
-    path = Path(output)
+    """Fail early, before any work, when `output` cannot or must not be written.
+
+    Returns the path with a leading ~ expanded, which a shell leaves alone in --output=~/x.
+    """
+    path = Path(output).expanduser()
     if path.is_dir():
         raise OutputError(f"Output path {path} is a directory; give a file name such as "
                           f"{path / 'model.h5'}.")

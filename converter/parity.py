@@ -280,13 +280,17 @@ def photo_like_images(count: int, image_size: int, seed: int = 0) -> np.ndarray:
     return normalize(np.clip(pixels, 0.0, 255.0))
 
 
-def _check_options(weights: str, precision: str, image_size: int, images: Sequence,
-                   random_images: int | None, batch_size: int) -> None:
+def _check_options(weights: str | None, precision: str, image_size: int | None,
+                   images: Sequence, random_images: int | None, batch_size: int,
+                   crop_padding: int) -> None:
     from converter.reference_graph import PRECISIONS
 
-    require_choice("weights", weights, WEIGHT_CHOICES)
+    if weights is not None:
+        require_choice("weights", weights, WEIGHT_CHOICES)
     require_choice("precision", precision, PRECISIONS)
-    require_at_least("image size", image_size, 1, "a positive number of pixels, e.g. 224")
+    if image_size is not None:
+        require_at_least("image size", image_size, 1, "a positive number of pixels, e.g. 224")
+    require_at_least("crop padding", crop_padding, 0, "0 or more pixels (the release used 32)")
     if images and random_images is not None:
         raise RsconvertError("Pass either image files (IMAGE arguments or --images) or "
                              "--random N, not both.")
@@ -326,40 +330,51 @@ def _keras_stage_outputs(weights_file: str, images: np.ndarray,
     from converter.keras_model import load_weights_file, stage_outputs_model
 
     image_size = images.shape[1]
+    # A notop file gets average pooling, so that its pooled features are compared too.
     model = load_weights_file(weights_file, input_shape=(image_size, image_size, 3),
-                              classifier_activation=None)
+                              classifier_activation=None, pooling="avg")
     stages = stage_outputs_model(model)
     outputs = stages.predict(images, batch_size=batch_size, verbose=0)
     return {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}
 
 
 def run_parity_check(checkpoint: str | os.PathLike, weights_file: str | os.PathLike, *,
-                     depth: int | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
+                     depth: int | None = None, image_size: int | None = None,
                      images: Sequence[str | os.PathLike] = (), random_images: int | None = None,
-                     seed: int = 0, weights: str = "ema", precision: str = "float32",
+                     seed: int = 0, weights: str | None = None, precision: str = "float32",
                      crop_padding: int = 32, batch_size: int = DEFAULT_BATCH_SIZE,
-                     json_path: str | os.PathLike | None = None) -> ParityReport:
+                     json_path: str | os.PathLike | None = None,
+                     overwrite: bool = False) -> ParityReport:
     """Compare the Keras model of `weights_file` with the original graph of `checkpoint`.
 
     Inputs are the image files in `images`, preprocessed like the release eval, or
     `random_images` photo-like random images drawn with `seed` (DEFAULT_RANDOM_IMAGES when
-    neither is given). `precision` selects how the original graph runs; the Keras model runs
-    in float32. With `json_path` the full report is also written there atomically.
+    neither is given). `image_size` defaults to the size recorded in `weights_file`, else
+    DEFAULT_IMAGE_SIZE, and `weights` ("ema" or "raw") to the weights the file was converted
+    from. `precision` selects how the original graph runs; the Keras model runs in float32.
+    With `json_path` the full report is also written there atomically; an existing file
+    there is an error unless `overwrite`.
     Raises RsconvertError subclasses for bad input: a weights file for another depth or
     class count, a missing image, a checkpoint that does not match.
     """
     from converter.checkpoint import load_model_variables
+    from converter.checkpoint.locate import resolve_prefix
     from converter.h5_weights import read_provenance
     from converter.output_files import atomic_output, check_output_path
     from converter.preprocessing import load_images
     from converter.reference_graph import STAGES, ReferenceNetwork, check_variables
 
-    _check_options(weights, precision, image_size, images, random_images, batch_size)
-    checkpoint, weights_file = os.fspath(checkpoint), os.fspath(weights_file)
+    _check_options(weights, precision, image_size, images, random_images, batch_size,
+                   crop_padding)
     if json_path is not None:
         _check_json_path(json_path)
-        check_output_path(json_path, overwrite=True)
+        check_output_path(json_path, overwrite)
+    checkpoint, weights_file = resolve_prefix(checkpoint), os.fspath(weights_file)
     provenance = read_provenance(weights_file)
+    if image_size is None:
+        image_size = provenance["image_size"] or DEFAULT_IMAGE_SIZE
+    if weights is None:
+        weights = provenance["weights"]
 
     if images:
         inputs = load_images(list(images), image_size, crop_padding)
@@ -404,6 +419,6 @@ def run_parity_check(checkpoint: str | os.PathLike, weights_file: str | os.PathL
         skipped_stages=tuple(s for s in STAGES if s not in keras_outputs), logits=logits,
         bfloat16_gap=gap)
     if json_path is not None:
-        with atomic_output(json_path, overwrite=True) as temp:
+        with atomic_output(json_path, overwrite=overwrite) as temp:
             temp.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return report

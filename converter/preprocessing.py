@@ -183,8 +183,8 @@ def preprocess_file(path: str | os.PathLike, image_size: int, crop_padding: int 
         image = preprocess_image_bytes(tf.constant(data), image_size, crop_padding, crop_fraction)
         return image.numpy()
     except tf.errors.InvalidArgumentError as error:
-        raise DataError(f"Cannot decode image file {os.fspath(path)!r}: {op_error_text(error)}. Replace or "
-                        "remove the file; JPEG, PNG, GIF and BMP are supported.") from None
+        raise DataError(f"Cannot decode image file {os.fspath(path)!r}: {op_error_text(error)}. "
+                        "Replace or remove the file.") from None
 
 
 def load_images(paths: Sequence[str | os.PathLike], image_size: int,

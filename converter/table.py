@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from converter import __version__
 from converter.errors import OutputError, RsconvertError
+from converter.eval_results import OFFICIAL_EVAL_IMAGES
 from converter.output_files import atomic_output
 from converter.variants import VARIANTS, Variant, get_variant
 
@@ -69,13 +70,15 @@ class Steps:
     convert(variant, checkpoint, output, include_top, config) -> dict;
     parity(variant, checkpoint, weights_file, config) -> dict with "max_rel_diff";
     evaluate(variant, weights_file, config) -> dict with "top1", "top5" (percent) and
-    "images". Each raises RsconvertError when its check fails.
+    "images". Each raises RsconvertError when its check fails. check_data(config) runs once
+    before any variant, so that unusable eval data fails before hours of downloads.
     """
 
     fetch: Callable[[Variant, TableConfig], dict]
     convert: Callable[[Variant, Path, Path, bool, TableConfig], dict]
     parity: Callable[[Variant, Path, Path, TableConfig], dict]
     evaluate: Callable[[Variant, Path, TableConfig], dict]
+    check_data: Callable[[TableConfig], None] = lambda config: None
 
 
 @dataclasses.dataclass
@@ -96,9 +99,14 @@ class TableRow:
     error: str | None = None
 
     @property
+    def comparable(self) -> bool:
+        """Whether top-1 was counted over all 50,000 images, as the official one was."""
+        return self.top1 is not None and self.images == OFFICIAL_EVAL_IMAGES
+
+    @property
     def top1_diff(self) -> float | None:
-        """This top-1 minus the official one; None for a limited run, which is not comparable."""
-        if self.top1 is None or self.limit is not None:
+        """This top-1 minus the official one; None unless the run is comparable."""
+        if not self.comparable:
             return None
         return self.top1 - self.official_top1
 
@@ -141,6 +149,7 @@ def run_table(variants: Sequence[Variant], config: TableConfig,
     if not variants:
         raise RsconvertError("No variant selected; pass --variants with names from "
                              "`rsconvert list`, or omit it to run all of them.")
+    steps.check_data(config)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -151,9 +160,11 @@ def run_table(variants: Sequence[Variant], config: TableConfig,
 
     result = write_outputs(rows, output_dir)
     if result.failed:
-        listed = "; ".join(f"{row.variant}: {row.error}" for row in result.failed)
-        raise StepError(f"{len(result.failed)} of {len(rows)} variants failed ({listed}). "
-                        f"The other rows are in {result.csv_path}; run again to retry.")
+        listed = " ".join(f"{row.variant}: {row.error.rstrip('.')}." for row in result.failed)
+        saved = ("The rows that finished are in" if len(result.failed) < len(rows)
+                 else "The errors are also in")
+        raise StepError(f"{len(result.failed)} of {len(rows)} variants failed. {listed} "
+                        f"{saved} {result.csv_path}; run the same command again to retry.")
     return result
 
 
@@ -296,17 +307,24 @@ def format_markdown(rows: Sequence[TableRow]) -> str:
         cells = [str(row.depth), str(row.image_size), f"{row.official_top1:.1f}",
                  _percent(row.top1), _percent(row.top5), _diff_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"- {row.variant}: {row.error}" for row in rows if row.error]
+    # A blank line ends the Markdown table before any remark.
+    remarks = []
     counts = sorted({row.images for row in rows if row.images is not None})
     if counts:
         listed = ", ".join(str(count) for count in counts)
-        lines += ["", f"Top-1 and top-5 in percent, counted over {listed} evaluation images."]
+        remarks.append(f"Top-1 and top-5 in percent, counted over {listed} evaluation images.")
     limits = sorted({row.limit for row in rows if row.limit is not None})
     if limits:
         listed = ", ".join(str(limit) for limit in limits)
-        lines.append(f"This run was limited to the first {listed} images of the data per "
-                     "variant. Top 1 diff is left empty because the official top-1 is over "
-                     "all 50,000 ILSVRC2012 validation images.")
+        remarks.append(f"This run was limited to the first {listed} images of the data per "
+                       "variant.")
+    if any(row.top1 is not None and not row.comparable for row in rows):
+        remarks.append("Top 1 diff is left empty where fewer than all 50,000 ILSVRC2012 "
+                       "validation images were evaluated, because the official top-1 is over "
+                       "all of them.")
+    if remarks:
+        lines += ["", *remarks]
+    notes = [f"- {row.variant}: {row.error}" for row in rows if row.error]
     if notes:
         lines += ["", "Failed:", *notes]
     return "\n".join(lines) + "\n"
@@ -317,16 +335,16 @@ def _percent(value: float | None) -> str:
 
 
 def _diff_cell(row: TableRow) -> str:
-    if row.top1 is not None and row.limit is not None:
-        return ""
-    return "n/a" if row.top1_diff is None else f"{row.top1_diff:+.2f}"
+    if row.top1 is None:
+        return "n/a"
+    return f"{row.top1_diff:+.2f}" if row.comparable else ""
 
 
 def plot_top1(rows: Sequence[TableRow], path: Path) -> Path | None:
     """Plot this run's top-1 against the official top-1 into a PNG and return its path.
 
-    Rows of a limited run are not comparable with the official numbers, so they are plotted
-    as this run's top-1 alone. Returns None, with a logged notice, when matplotlib (the
+    Rows evaluated on fewer than all 50,000 validation images are not comparable with the
+    official numbers, so when no row is, this run's top-1 is plotted alone. Returns None, with a logged notice, when matplotlib (the
     `plot` extra) is missing or no row has a top-1.
     """
     points = [row for row in rows if row.top1 is not None]
@@ -340,11 +358,11 @@ def plot_top1(rows: Sequence[TableRow], path: Path) -> Path | None:
                        "Install it with `pip install 'rsconvert[plot]'`.", path)
         return None
 
-    compared = [row for row in points if row.top1_diff is not None]
+    compared = [row for row in points if row.comparable]
     if compared:
         figure = _comparison_figure(Figure, compared)
     else:
-        figure = _limited_run_figure(Figure, points)
+        figure = _uncompared_figure(Figure, points)
     _write_atomically(path, lambda temp: figure.savefig(temp, format="png", dpi=120))
     logger.info("Wrote %s", path)
     return Path(path)
@@ -383,12 +401,12 @@ def _comparison_figure(figure_class, points: Sequence[TableRow]):
     return figure
 
 
-def _limited_run_figure(figure_class, points: Sequence[TableRow]):
-    limits = ", ".join(str(limit) for limit in sorted({row.limit for row in points}))
+def _uncompared_figure(figure_class, points: Sequence[TableRow]):
+    counts = ", ".join(str(count) for count in sorted({row.images for row in points}))
     figure = figure_class(figsize=(7, 5), layout="constrained")
     axes = figure.subplots()
-    figure.suptitle(f"ResNet-RS ImageNet top-1 on the first {limits} images\n"
-                    "(a limited run, not comparable with the official numbers)")
+    figure.suptitle(f"ResNet-RS ImageNet top-1 on {counts} images\n"
+                    "(fewer than the official 50,000, so not compared)")
     axes.barh([f"{row.depth}-i{row.image_size}" for row in points],
               [row.top1 for row in points])
     axes.invert_yaxis()
@@ -413,7 +431,15 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
 def default_steps() -> Steps:
     """Return the adapters that call the real fetch, conversion, parity and evaluation code."""
     return Steps(fetch=_fetch_step, convert=_convert_step, parity=_parity_step,
-                 evaluate=_evaluate_step)
+                 evaluate=_evaluate_step, check_data=_check_data_step)
+
+
+def _check_data_step(config: TableConfig) -> None:
+    from converter.eval_data import open_eval_data
+
+    if config.data is None:
+        raise RsconvertError("The eval step needs ImageNet validation data; pass --data PATH.")
+    open_eval_data(config.data, config.labels_file)
 
 
 def _fetch_step(variant: Variant, config: TableConfig) -> dict:
@@ -428,7 +454,8 @@ def _convert_step(variant: Variant, checkpoint: Path, output: Path, include_top:
     from converter.convert import convert_checkpoint
 
     report = convert_checkpoint(checkpoint, output, depth=variant.depth, weights=config.weights,
-                                include_top=include_top, overwrite=True, show_progress=False)
+                                include_top=include_top, overwrite=True,
+                                image_size=variant.image_size, show_progress=False)
     return {"output": str(report.output), "num_parameters": report.num_parameters,
             "stored_dtype": report.stored_dtype, "summary": report.summary()}
 

@@ -14,8 +14,8 @@ from converter.errors import RsconvertError
 DEFAULT_BASE_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/resnet-rs/"
 BASE_URL_ENV = "RSCONVERT_BASE_URL"
 CHECKPOINTS_ENV = "RSCONVERT_CHECKPOINTS"
-# The repository's checkpoints/ folder when running from a source checkout.
-DEFAULT_CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+# Relative to the working directory, like the paths in the README's examples.
+DEFAULT_CHECKPOINTS_DIR = Path("checkpoints")
 PROVENANCE = ("tensorflow/tpu models/official/resnet/resnet_rs/README.md, "
               "ImageNet top-1 of the released checkpoints (Bello et al. 2021)")
 

@@ -289,7 +289,10 @@ def _wait_for_temp_file(directory: Path, process: subprocess.Popen, timeout: flo
     return False
 
 
-def test_interrupt_while_writing(checkpoints, output_dir):
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, EXIT_INTERRUPTED),
+                                            (signal.SIGTERM, 128 + signal.SIGTERM),
+                                            (signal.SIGHUP, 128 + signal.SIGHUP)])
+def test_interrupt_while_writing(signum, status, checkpoints, output_dir):
     before = snapshot(output_dir)
     args = ["ckpt-to-h5", "--checkpoint", str(checkpoints["base"]),
             "--output", str(output_dir / EXISTING_NAME), "--overwrite"]
@@ -298,16 +301,16 @@ def test_interrupt_while_writing(checkpoints, output_dir):
     try:
         temp_seen = _wait_for_temp_file(output_dir, process, timeout=120)
         if temp_seen:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
     assert temp_seen, f"no temporary file appeared; stderr: {stderr}"
-    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert process.returncode == status, stderr
     assert "Traceback" not in stderr, stderr
-    assert "Interrupted" in stderr
+    assert ("Interrupted." if signum == signal.SIGINT else "Stopped by SIG") in stderr
     assert "Wrote" not in stdout
     assert snapshot(output_dir) == before
 

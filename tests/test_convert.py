@@ -13,7 +13,7 @@ from conftest import (GOLDEN_DIR, LOGIT_TOLERANCE, REFERENCE_DIR, max_relative_e
 from converter import architecture
 from converter.checkpoint.variables import EMA_SUFFIX, MOMENTUM_SUFFIX
 from converter.convert import convert_checkpoint
-from converter.errors import CheckpointError, MappingError, OutputError
+from converter.errors import CheckpointError, MappingError, OutputError, RsconvertError
 from converter.h5_weights import load_attribute, read_provenance
 from converter.name_map import build_name_map
 
@@ -61,6 +61,23 @@ def test_provenance_attributes(golden_h5, golden_checkpoint):
     assert provenance["stored_dtype"] == "float32"
     assert provenance["include_top"] is True
     assert provenance["source_checkpoint"].endswith("model.ckpt")
+    assert provenance["image_size"] is None
+
+
+def test_image_size_recorded(make_checkpoint, tmp_path):
+    prefix = make_checkpoint(storage="float32")
+    convert_checkpoint(prefix, tmp_path / "sized.h5", image_size=224)
+    assert read_provenance(tmp_path / "sized.h5")["image_size"] == 224
+    with pytest.raises(RsconvertError, match="Invalid image size 0"):
+        convert_checkpoint(prefix, tmp_path / "zero.h5", image_size=0)
+    assert not (tmp_path / "zero.h5").exists()
+
+
+def test_cli_image_size_names_output(make_checkpoint, tmp_path):
+    result = run_cli("ckpt-to-h5", "--checkpoint", make_checkpoint(storage="float32"),
+                     "--image-size", "192", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert read_provenance(tmp_path / "resnet-rs-50-i192.h5")["image_size"] == 192
 
 
 def test_legacy_layout(golden_h5):
@@ -286,6 +303,21 @@ def test_cli_error_is_one_line(make_checkpoint, tmp_path):
     assert result.stderr.startswith("Error: --depth 152 does not match")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_cli_inspect_variant(make_checkpoint, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    source = Path(make_checkpoint(storage="float32")).parent
+    shutil.copytree(source, tmp_path / "resnet-rs-50-i160")
+    monkeypatch.setenv("RSCONVERT_CHECKPOINTS", str(tmp_path))
+    result = run_cli("inspect", "--variant", "resnet-rs-50-i160")
+    assert result.returncode == 0, result.stderr
+    assert "resnet-rs-50-i160" in result.stdout
+    missing = run_cli("inspect")
+    assert missing.returncode == 2
+    assert "Missing --checkpoint PATH (or --variant NAME)" in missing.stderr
 
 
 def test_cli_inspect_json(make_checkpoint):

@@ -100,6 +100,11 @@ def test_golden_tfrecords(golden_weights, tmp_path):
     assert [r["image"] for r in rows] == list(golden_labels())
     assert sum(r["label"] == r["top1"] for r in rows) == GOLDEN_TOP1
     assert sum(r["label"] in [r[f"top{k}"] for k in range(1, 6)] for r in rows) == GOLDEN_TOP5
+    # label and top1..top5 are 0-based class indices; the wnid columns name them.
+    wnids = imagenet_classes.wnids()
+    assert [r["label_wnid"] for r in rows] == [wnids[int(r["label"])] for r in rows]
+    assert [r["top1_wnid"] for r in rows] == [wnids[int(r["top1"])] for r in rows]
+    assert [int(r["label"]) + 1 for r in rows] == list(golden_labels().values())
 
 
 @pytest.mark.parametrize("batch_size", [5, 7])
@@ -377,10 +382,43 @@ def test_option_errors(tmp_path):
         options = {"image_size": SMALL_SIZE, **options}
         with pytest.raises(error, match=message):
             evaluate(data, **options)
-    with pytest.raises(RsconvertError, match="Missing --image_size"):
+    with pytest.raises(WeightsFileError, match="does not exist"):
         evaluate(data, weights_file=tmp_path / "model.h5")
     with pytest.raises(WeightsFileError, match="does not exist"):
         evaluate(data, SMALL_SIZE, weights_file=tmp_path / "model.h5")
+
+
+def test_image_size_missing(golden_weights):
+    # The golden_h5 fixture converts without an image size.
+    with pytest.raises(RsconvertError, match="Missing --image_size"):
+        evaluate(golden_validation(), weights_file=golden_weights)
+
+
+def test_image_size_from_weights_file(golden_checkpoint, tmp_path):
+    from converter.convert import convert_checkpoint
+
+    weights_file = tmp_path / "sized.h5"
+    convert_checkpoint(golden_checkpoint, weights_file, image_size=160)
+    result = evaluate(golden_validation(), weights_file=weights_file)
+    assert result.image_size == 160
+    assert result.model == "resnet-rs-50-i160"
+    assert_golden(result)
+
+
+def test_existing_outputs_need_overwrite(golden_weights, tmp_path):
+    results_file = tmp_path / "result.json"
+    predictions_file = tmp_path / "predictions.csv"
+    for path in (results_file, predictions_file):
+        path.write_text("kept")
+        with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+            evaluate(golden_validation(), SMALL_SIZE, weights_file=golden_weights, limit=2,
+                     results_file=results_file if path == results_file else None,
+                     predictions_file=path if path == predictions_file else None)
+        assert path.read_text() == "kept"
+    evaluate(golden_validation(), SMALL_SIZE, weights_file=golden_weights, limit=2,
+             results_file=results_file, predictions_file=predictions_file, overwrite=True)
+    assert json.loads(results_file.read_text())["num_images"] == 2
+    assert len(predictions_file.read_text().splitlines()) == 3
 
 
 def test_variant_without_checkpoint(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from converter.errors import OutputError, RsconvertError, WeightsFileError
-from converter.export import export_model
+from converter.export import export_model, infer_export_format
 
 IMAGE_SIZE = 64
 NUM_CLASSES = 10
@@ -169,6 +169,25 @@ def test_export_parent_is_file(weights_file, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match=r"Output directory .*file is a file, not a directory"):
         export_model(weights_file, tmp_path / "file" / "model.keras", "keras")
+
+
+def test_format_from_output_name():
+    assert infer_export_format("out/model.keras") == "keras"
+    assert infer_export_format("model.weights.h5") == "weights.h5"
+    assert infer_export_format("rs152_savedmodel") == "savedmodel"
+
+
+def test_export_savedmodel_with_file_suffix(weights_file, tmp_path):
+    with pytest.raises(OutputError, match=r"savedmodel export is a folder, but .*model\.keras "
+                                          r"has a file suffix"):
+        export_model(weights_file, tmp_path / "model.keras", "savedmodel")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_format_inferred(weights_file, tmp_path):
+    report = export_model(weights_file, tmp_path / "model.weights.h5", image_size=32)
+    assert report.export_format == "weights.h5"
+    assert (tmp_path / "model.weights.h5").is_file()
 
 
 def test_export_unknown_format(weights_file, tmp_path):

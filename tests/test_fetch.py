@@ -395,6 +395,21 @@ def test_fetch_short_body_keeps_new_dest(server, tmp_path):
     assert leftovers(dest) == [f"{VARIANT}.tar.gz.part"]
 
 
+def test_fetch_interrupted_says_resume(server, tmp_path, caplog):
+    server.script.body = b"x" * 5000
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    dest = tmp_path / "new"
+    with caplog.at_level(logging.WARNING, logger="converter.fetch"):
+        with pytest.raises(KeyboardInterrupt):
+            fetch_variant(VARIANT, dest, base_url=server.base_url, progress=interrupt, **FAST)
+    assert leftovers(dest) == [f"{VARIANT}.tar.gz.part"]
+    assert re.search(r"Stopped with [\d,]+ bytes of .*\.tar\.gz in .*\.part; run the same "
+                     r"command again to resume", caplog.text)
+
+
 def test_download_rejects_non_http_url(tmp_path):
     with pytest.raises(DownloadError, match=r"Only http and https.*'file:///etc/passwd'"):
         download("file:///etc/passwd", tmp_path / "file.bin")

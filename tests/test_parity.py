@@ -127,16 +127,17 @@ def test_bfloat16_still_fails_damage(golden_checkpoint, golden_h5, tmp_path):
     assert report.first_failing_stage == "block_group2"
 
 
-def test_notop_skips_head(golden_checkpoint, tmp_path):
+def test_notop_compares_pooled(golden_checkpoint, tmp_path):
     from converter.convert import convert_checkpoint
 
     weights_file = tmp_path / "notop.h5"
     convert_checkpoint(golden_checkpoint, weights_file, include_top=False)
     report = run_parity_check(golden_checkpoint, weights_file, image_size=SMALL_SIZE)
     assert report.passed
-    assert report.skipped_stages == ("pooled", "logits")
+    assert report.skipped_stages == ("logits",)
     assert report.logits is None
-    assert len(report.stages) == 5
+    assert [stage.stage for stage in report.stages][-1] == "pooled"
+    assert len(report.stages) == 6
 
 
 def test_json_report(golden_checkpoint, golden_h5, tmp_path, monkeypatch, capsys):
@@ -247,6 +248,44 @@ def test_weights_choice_mismatch(golden_checkpoint, golden_h5):
                          weights="ema")
 
 
+def test_weights_default_from_file(golden_checkpoint, golden_h5):
+    report = run_parity_check(golden_checkpoint, golden_h5["raw"], image_size=SMALL_SIZE,
+                              random_images=1)
+    assert report.weights == "raw"
+    assert report.passed
+
+
+def test_image_size_default_from_file(golden_checkpoint, tmp_path):
+    from converter.convert import convert_checkpoint
+
+    weights_file = tmp_path / "sized.h5"
+    convert_checkpoint(golden_checkpoint, weights_file, image_size=SMALL_SIZE)
+    report = run_parity_check(golden_checkpoint, weights_file, random_images=1)
+    assert report.image_size == SMALL_SIZE
+    assert report.stages[0].shape == (1, SMALL_SIZE // 4, SMALL_SIZE // 4, 64)
+
+
+def test_report_names_resolved_prefix(golden_checkpoint, golden_h5):
+    from pathlib import Path
+
+    report = run_parity_check(Path(golden_checkpoint).parent, golden_h5["ema"],
+                              image_size=SMALL_SIZE, random_images=1)
+    assert report.checkpoint == golden_checkpoint
+    assert report.format_table().splitlines()[0].endswith(golden_checkpoint)
+
+
+def test_existing_json_needs_overwrite(golden_checkpoint, golden_h5, tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text("kept")
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+        run_parity_check(golden_checkpoint, golden_h5["ema"], image_size=SMALL_SIZE,
+                         random_images=1, json_path=path)
+    assert path.read_text() == "kept"
+    run_parity_check(golden_checkpoint, golden_h5["ema"], image_size=SMALL_SIZE,
+                     random_images=1, json_path=path, overwrite=True)
+    assert json.loads(path.read_text())["passed"] is True
+
+
 def test_foreign_h5_rejected(golden_checkpoint, tmp_path):
     path = tmp_path / "foreign.h5"
     with h5py.File(path, "w") as f:
@@ -265,6 +304,7 @@ def test_missing_weights_file(golden_checkpoint, tmp_path):
     ({"weights": "shadow"}, "Invalid weights"),
     ({"random_images": 0}, "Invalid number of random images"),
     ({"batch_size": 0}, "Invalid batch size"),
+    ({"crop_padding": -5, "random_images": 1}, "Invalid crop padding -5"),
 ])
 def test_bad_options_rejected(options, message, golden_checkpoint, golden_h5):
     with pytest.raises(RsconvertError, match=message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import http.server
 import io
 import json
@@ -16,10 +17,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converter.errors import RsconvertError
+from converter.errors import DataError, RsconvertError
 from converter.table import (
-    Steps, StepError, TableConfig, TableRow, format_markdown, plot_top1, run_table,
-    select_variants)
+    Steps, StepError, TableConfig, TableRow, default_steps, format_markdown, plot_top1,
+    run_table, select_variants)
 from converter.variants import get_variant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,8 +126,9 @@ def test_run_table_ignores_corrupt_record(tmp_path):
 
 def test_run_table_resumes_after_failure(tmp_path):
     failing = FakeSteps(tmp_path, fail={"resnet-rs-50-i160": "parity"})
-    with pytest.raises(StepError, match=r"1 of 2 variants failed \(resnet-rs-50-i160: parity "
-                                        r"step: fake parity failure\)"):
+    with pytest.raises(StepError, match=r"1 of 2 variants failed\. resnet-rs-50-i160: parity "
+                                        r"step: fake parity failure\. The rows that finished are "
+                                        r"in .*results\.csv; run the same command again"):
         run(tmp_path, failing)
     # The other variant still ran to the end.
     assert ("eval", "resnet-rs-152-i224") in failing.calls
@@ -170,9 +172,58 @@ def test_limited_run_markdown(tmp_path):
     lines = result.markdown_path.read_text().splitlines()
     assert lines[2] == "| 50 | 160 | 78.8 | 78.55 | 96.50 |  |"
     assert lines[3] == "| 152 | 224 | 82.2 | 82.30 | 96.50 |  |"
+    assert lines[4] == ""
     assert "counted over 64 evaluation images" in lines[5]
-    assert lines[6].startswith("This run was limited to the first 64 images of the data per "
-                               "variant. Top 1 diff is left empty")
+    assert lines[6] == "This run was limited to the first 64 images of the data per variant."
+    assert lines[7].startswith("Top 1 diff is left empty where fewer than all 50,000")
+
+
+def test_small_data_not_compared(tmp_path):
+    class SmallData(FakeSteps):
+        def evaluate(self, variant, weights_file, config):
+            return {**super().evaluate(variant, weights_file, config), "images": 24}
+
+    result = run(tmp_path, SmallData(tmp_path))
+    lines = result.markdown_path.read_text().splitlines()
+    assert result.rows[0].top1_diff is None
+    assert not result.rows[0].comparable
+    assert lines[2] == "| 50 | 160 | 78.8 | 78.55 | 96.50 |  |"
+    assert "counted over 24 evaluation images" in lines[5]
+    assert lines[6].startswith("Top 1 diff is left empty where fewer than all 50,000")
+
+
+def test_all_failed_markdown_and_error(tmp_path):
+    failing = FakeSteps(tmp_path, fail={"resnet-rs-50-i160": "fetch",
+                                        "resnet-rs-152-i224": "fetch"})
+    with pytest.raises(StepError, match=r"2 of 2 variants failed\..* The errors are also in"):
+        run(tmp_path, failing, limit=8)
+    lines = (tmp_path / "out" / "results.md").read_text().splitlines()
+    assert lines[3].startswith("| 152 |")
+    assert lines[4] == ""
+    assert lines[5].startswith("This run was limited to the first 8 images")
+
+
+def test_data_checked_before_first_step(tmp_path):
+    fake = FakeSteps(tmp_path)
+
+    def reject(config):
+        raise DataError(f"{config.data} has no images")
+
+    config = TableConfig(output_dir=tmp_path / "out", data=tmp_path / "data")
+    with pytest.raises(DataError, match="has no images"):
+        run_table(select_variants(TWO), config,
+                  dataclasses.replace(fake.steps(), check_data=reject))
+    assert fake.calls == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_data_check_needs_labels(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"x")
+    config = TableConfig(output_dir=tmp_path / "out", data=flat)
+    with pytest.raises(DataError, match="--labels"):
+        default_steps().check_data(config)
 
 
 def test_run_table_markdown(tmp_path):

@@ -191,7 +191,9 @@ def read_index(path: Path) -> tuple[int, dict[str, BundleEntry]]:
     """Parse a `.index` file into (num_shards, {tensor name: entry})."""
     data = path.read_bytes()
     if len(data) < FOOTER_SIZE:
-        raise CheckpointError(f"{path} is too short to be a checkpoint index ({len(data)} bytes)")
+        raise CheckpointError(f"{path} is too short to be a checkpoint index ({len(data)} "
+                              "bytes); it is damaged or not an index file. Copy or download "
+                              "the checkpoint again.")
     footer = data[-FOOTER_SIZE:]
     if struct.unpack_from("<Q", footer, FOOTER_SIZE - 8)[0] != TABLE_MAGIC:
         raise CheckpointError(f"{path} is not a TensorFlow checkpoint index (bad magic number)")

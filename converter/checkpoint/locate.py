@@ -8,6 +8,23 @@ from pathlib import Path
 from converter.errors import CheckpointError
 
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar", ".zip")
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _directory_hint(directory: Path) -> str:
+    """Point at archives to unpack or subfolders that hold a checkpoint, if there are any."""
+    archives = sorted(p.name for p in directory.iterdir() if p.is_file() and _is_archive(p))
+    if archives:
+        return (f" It contains the archive {archives[0]}; unpack it first (e.g. tar -xf "
+                f"{directory / archives[0]}) and pass the unpacked folder.")
+    nested = sorted(str(p.parent) for p in directory.glob("*/*.index"))
+    if nested:
+        return f" A subfolder holds one: pass {nested[0]}."
+    return " Pass the directory that holds model.ckpt.index and its .data files."
 
 
 def resolve_prefix(path: str | Path) -> str:
@@ -16,20 +33,23 @@ def resolve_prefix(path: str | Path) -> str:
     A directory must contain exactly one `.index` file; no `checkpoint` state file is
     needed (several official archives ship without one).
     """
-    text = str(path)
+    text = str(Path(path).expanduser())
     candidate = Path(text)
     if candidate.is_dir():
         indexes = sorted(candidate.glob("*.index"))
         if not indexes:
             raise CheckpointError(
-                f"No checkpoint found in directory {candidate}: it has no .index file. "
-                "Pass the directory that holds model.ckpt.index and its .data files.")
+                f"No checkpoint found in directory {candidate}: it has no .index file."
+                + _directory_hint(candidate))
         if len(indexes) > 1:
             prefixes = ", ".join(str(p.with_suffix("")) for p in indexes)
             raise CheckpointError(
                 f"Directory {candidate} contains {len(indexes)} checkpoints: {prefixes}. "
                 "Pass one of these prefixes with --checkpoint.")
         return str(indexes[0].with_suffix(""))
+    if candidate.is_file() and _is_archive(candidate):
+        raise CheckpointError(f"{path} is an archive; unpack it first (e.g. tar -xf {path}) "
+                              "and pass the unpacked checkpoint folder.")
     if text.endswith(".index"):
         text = text[: -len(".index")]
     elif _DATA_SUFFIX.search(text):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 
 import click
@@ -34,32 +35,87 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+VERBOSE_HELP = "More log output (-vv for debug)."
+QUIET_HELP = "Only warnings and errors."
+
+
+# Libraries whose INFO lines (e.g. TensorFlow's "Assets written to: <temporary path>") are
+# shown only with -vv.
+QUIET_LIBRARY_LOGGERS = ("tensorflow", "absl")
+
+
+def _log_level(verbose: int, quiet: bool) -> int:
+    if quiet:
+        return logging.WARNING
+    return logging.DEBUG if verbose >= 2 else logging.INFO
+
+
+def _apply_log_level(level: int) -> None:
+    logging.getLogger().setLevel(level)
+    for name in QUIET_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(level if level == logging.DEBUG else logging.WARNING)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="rsconvert")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("-v", "--verbose", count=True, show_default=False, help=VERBOSE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 def cli(verbose: int, quiet: bool) -> None:
     """Convert tensorflow/tpu ResNet-RS checkpoints to Keras and check the result."""
-    if quiet:
-        level = logging.WARNING
-    elif verbose < 2:
-        level = logging.INFO
-    else:
-        level = logging.DEBUG
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    _apply_log_level(_log_level(verbose, quiet))
     # TensorFlow's C++ logging is noisy on start-up; keep its errors only.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _set_command_verbosity(context: click.Context, parameter: click.Parameter, value) -> None:
+    """Apply -v/-q given after the command name; they override those given before it."""
+    if parameter.name == "quiet" and value:
+        context.meta["rsconvert.quiet"] = True
+        _apply_log_level(logging.WARNING)
+    elif parameter.name == "verbose" and value and not context.meta.get("rsconvert.quiet"):
+        _apply_log_level(_log_level(value, False))
+
+
+def _add_verbosity_options(command: click.Command) -> click.Command:
+    # -q is processed first, so that -v cannot undo it.
+    command.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False,
+                                       is_eager=True, callback=_set_command_verbosity,
+                                       help=QUIET_HELP))
+    command.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False,
+                                       show_default=False, callback=_set_command_verbosity,
+                                       help=VERBOSE_HELP))
+    return command
+
+
 for _module in COMMAND_MODULES:
-    cli.add_command(importlib.import_module(_module).command)
+    cli.add_command(_add_verbosity_options(importlib.import_module(_module).command))
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived; raised so that partial outputs are cleaned up on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise _Terminated(signum)
 
 
 def main() -> None:
-    """Run the CLI, turning library errors into one line on stderr and an exit status."""
+    """Run the CLI, turning library errors into one line on stderr and an exit status.
+
+    SIGTERM and SIGHUP unwind the command like Ctrl-C does, so that temporary files are
+    removed; the exit status is then 128 plus the signal number.
+    """
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_terminated)
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # click turns Ctrl-C during a command into Abort.
         click.echo("Interrupted.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as error:
@@ -70,9 +126,10 @@ def main() -> None:
     except RsconvertError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; no output was written.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except _Terminated as stop:
+        name = signal.Signals(stop.signum).name
+        click.echo(f"Stopped by {name}.", err=True)
+        sys.exit(128 + stop.signum)
     except OSError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(EXIT_BAD_INPUT)

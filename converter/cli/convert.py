@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from converter.cli.options import (checkpoint_option, depth_option, resolve_variant,
-                                   variant_option, weights_choice_option)
+from converter.cli.options import (checkpoint_option, depth_option, overwrite_option,
+                                   resolve_variant, variant_option, weights_choice_option)
 from converter.errors import RsconvertError
 
 
@@ -16,23 +16,26 @@ from converter.errors import RsconvertError
 @click.option("--output", "-o", default=None, metavar="FILE.h5",
               help="Output file; default resnet-rs-DEPTH[-iSIZE][_notop].h5 in the current "
                    "directory.")
-@weights_choice_option
+@weights_choice_option()
 @click.option("--include-top/--no-include-top", default=True,
               help="Write the dense classifier; --no-include-top writes the notop file.")
+@click.option("--image-size", "--image_size", "image_size", type=int, default=None,
+              help="Eval image side in pixels to record in the file, which parity-check and "
+                   "eval then default to; default: the --variant's size, else none.")
 @click.option("--num-classes", type=int, default=None,
               help="Fail unless the checkpoint's classifier has this many classes.")
 @click.option("--reader", type=click.Choice(["auto", "bundle", "tensorflow"]), default="auto",
               help="Checkpoint reader: the built-in numpy reader, TensorFlow's, or the built-in "
                    "one with TensorFlow as fallback.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-def command(checkpoint, variant, depth, output, weights, include_top, num_classes, reader,
-            overwrite):
+@overwrite_option("output file")
+def command(checkpoint, variant, depth, output, weights, include_top, image_size, num_classes,
+            reader, overwrite):
     """Convert a tensorflow/tpu ResNet-RS checkpoint into Keras .h5 weights."""
     from converter.checkpoint import detect_depth, open_checkpoint
     from converter.convert import convert_checkpoint, default_output_name
 
-    resolved, checkpoint, depth_value, image_size = resolve_variant(variant, checkpoint, depth,
-                                                                    None)
+    _, checkpoint, depth_value, image_size = resolve_variant(variant, checkpoint, depth,
+                                                             image_size)
     if checkpoint is None:
         raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
     if output is None:
@@ -44,5 +47,6 @@ def command(checkpoint, variant, depth, output, weights, include_top, num_classe
         output = default_output_name(depth_value_for_name, include_top, image_size)
     report = convert_checkpoint(checkpoint, output, depth=depth_value, weights=weights,
                                 include_top=include_top, overwrite=overwrite,
-                                expected_classes=num_classes, backend=reader)
+                                expected_classes=num_classes, backend=reader,
+                                image_size=image_size)
     click.echo(report.summary())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from converter.cli.tensorflow_import import import_tensorflow_quietly
+
 
 @click.command("demo")
 @click.option("--workdir", default=None, metavar="DIR",
@@ -11,6 +13,7 @@ import click
                    "temporary directory that is removed afterwards.")
 def command(workdir):
     """Convert, load, check and evaluate a generated ResNet-RS-50 checkpoint (no downloads)."""
+    import_tensorflow_quietly()
     from converter.demo import run_demo
 
     def show(step):

@@ -55,7 +55,7 @@ def download_progress(label: str) -> Iterator[ProgressCallback | None]:
 @click.command("fetch")
 @click.argument("variant")
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None,
-              show_default=f"checkpoints/ of the source tree, or ${CHECKPOINTS_ENV}",
+              show_default=f"checkpoints/ in the working directory, or ${CHECKPOINTS_ENV}",
               help="Folder that receives VARIANT/ with the checkpoint files.")
 @click.option("--base-url", envvar=BASE_URL_ENV, default=DEFAULT_BASE_URL, show_default=True,
               show_envvar=True, help="URL of the folder that contains VARIANT.tar.gz.")

@@ -6,17 +6,23 @@ import json
 
 import click
 
-from converter.cli.options import checkpoint_option
+from converter.cli.options import checkpoint_option, resolve_variant, variant_option
+from converter.errors import RsconvertError
 
 
 @click.command("inspect")
-@checkpoint_option(required=True)
+@checkpoint_option()
+@variant_option
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 @click.option("--reader", type=click.Choice(["auto", "bundle", "tensorflow"]), default="auto",
               help="Checkpoint reader to use.")
-def command(checkpoint, as_json, reader):
+def command(checkpoint, variant, as_json, reader):
     """List tensors (name, dtype, shape, bytes), depth, classes and EMA/Momentum presence."""
     from converter.inspect_checkpoint import format_inspection, inspect_checkpoint
+
+    _, checkpoint, _, _ = resolve_variant(variant, checkpoint, None, None)
+    if checkpoint is None:
+        raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
 
     info = inspect_checkpoint(checkpoint, backend=reader)
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))

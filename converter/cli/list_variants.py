@@ -29,7 +29,7 @@ def format_catalog(entries: list[CatalogEntry]) -> str:
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None,
-              show_default=f"checkpoints/ of the source tree, or ${CHECKPOINTS_ENV}",
+              show_default=f"checkpoints/ in the working directory, or ${CHECKPOINTS_ENV}",
               help="Folder searched for downloaded checkpoints.")
 @click.option("--base-url", envvar=BASE_URL_ENV, default=DEFAULT_BASE_URL, show_default=True,
               show_envvar=True, help="URL of the folder that contains the archives.")

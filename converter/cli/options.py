@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import click
 
 from converter.errors import RsconvertError
@@ -28,11 +27,27 @@ def depth_option(function):
         default=None, help="ResNet-RS depth; detected from the checkpoint when omitted.")(function)
 
 
-def weights_choice_option(function):
+WEIGHTS_HELP = ("ema: the /ExponentialMovingAverage shadows the official eval restored "
+                "(trainables and BN statistics); raw: the training variables.")
+
+
+def weights_choice_option(default: str | None = "ema", default_help: str = ""):
+    """Return the --weights option; `default_help` describes a default of None."""
     return click.option(
-        "--weights", "weights", type=click.Choice(["ema", "raw"]), default="ema",
-        help="ema: the /ExponentialMovingAverage shadows the official eval restored "
-             "(trainables and BN statistics); raw: the training variables.")(function)
+        "--weights", "weights", type=click.Choice(["ema", "raw"]), default=default,
+        help=WEIGHTS_HELP + default_help)
+
+
+def crop_padding_option(function):
+    return click.option(
+        "--crop-padding", type=int, default=32,
+        help="Pixels of padding in the center crop: the crop side is image_size / (image_size "
+             "+ padding) times the short side of the image, as in the release eval.")(function)
+
+
+def overwrite_option(output_description: str):
+    return click.option("--overwrite", is_flag=True,
+                        help=f"Replace an existing {output_description}.")
 
 
 def resolve_variant(variant_name: str | None, checkpoint: str | None, depth: str | None,

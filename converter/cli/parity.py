@@ -6,8 +6,10 @@ import sys
 
 import click
 
-from converter.cli.options import (checkpoint_option, depth_option, resolve_variant,
-                                   variant_option, weights_choice_option)
+from converter.cli.options import (checkpoint_option, crop_padding_option, depth_option,
+                                   overwrite_option, resolve_variant, variant_option,
+                                   weights_choice_option)
+from converter.cli.tensorflow_import import import_tensorflow_quietly
 from converter.errors import RsconvertError
 
 # Exit status when the check ran but a stage is beyond tolerance (bad input exits with 2).
@@ -21,7 +23,8 @@ EXIT_PARITY_FAILED = 1
 @variant_option
 @depth_option
 @click.option("--image-size", "--image_size", "image_size", type=int, default=None,
-              help="Input side in pixels; default: the variant's size, else 224.")
+              help="Input side in pixels; default: the --variant's size, else the size "
+                   "recorded in the weights file, else 224.")
 @click.option("--images", "image_option", multiple=True, metavar="IMAGE",
               help="Image files to compare on, the same as IMAGE arguments; more paths may "
                    "follow the first without repeating --images.")
@@ -30,37 +33,38 @@ EXIT_PARITY_FAILED = 1
               help="Compare on N photo-like random images instead of files; 2 when no "
                    "image file and no --random is given.")
 @click.option("--seed", type=int, default=0, help="Seed for --random.")
-@weights_choice_option
+@weights_choice_option(default=None,
+                       default_help=" Default: the weights the .h5 was converted from.")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
               help="How the original graph runs: float32, or bfloat16 as on the TPU (then "
                    "the bfloat16-vs-float32 logit gap is reported too).")
-@click.option("--crop-padding", type=int, default=32,
-              help="Eval crop: side = size / (size + padding) x the short side, in pixels.")
+@crop_padding_option
 @click.option("--batch-size", type=int, default=8, help="Images per forward pass.")
 @click.option("--json", "json_path", default=None, metavar="FILE.json",
               help="Also write the full report as JSON to this file.")
+@overwrite_option("--json file")
 def command(checkpoint, weights_file, variant, depth, image_size, image_option, more_images,
-            random_images, seed, weights, precision, crop_padding, batch_size, json_path):
+            random_images, seed, weights, precision, crop_padding, batch_size, json_path,
+            overwrite):
     """Compare a converted .h5 with the original graph, stage by stage.
 
     The inputs are the IMAGE files (JPEG, PNG, GIF, BMP), preprocessed like the release
     eval, or photo-like random images (--random). Exits with 0 when every stage is within
     tolerance, 1 when one is not, 2 on bad input.
     """
-    from converter.parity import DEFAULT_IMAGE_SIZE, run_parity_check
+    import_tensorflow_quietly()
+    from converter.parity import run_parity_check
 
     _, checkpoint, depth_value, image_size = resolve_variant(variant, checkpoint, depth,
                                                              image_size)
     if checkpoint is None:
         raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
     # An explicit --image-size, 0 included, is passed on for the library to check.
-    if image_size is None:
-        image_size = DEFAULT_IMAGE_SIZE
     report = run_parity_check(
         checkpoint, weights_file, depth=depth_value, image_size=image_size,
         images=list(image_option) + list(more_images), random_images=random_images, seed=seed,
         weights=weights, precision=precision, crop_padding=crop_padding, batch_size=batch_size,
-        json_path=json_path)
+        json_path=json_path, overwrite=overwrite)
     click.echo(report.format_table())
     if not report.passed:
         sys.exit(EXIT_PARITY_FAILED)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from converter.cli.options import weights_choice_option
+from converter.cli.tensorflow_import import import_tensorflow_quietly
 from converter.table import DEFAULT_BATCH_SIZE, TableConfig, run_table, select_variants
 from converter.variants import BASE_URL_ENV, CHECKPOINTS_ENV, DEFAULT_BASE_URL
 
@@ -27,15 +29,13 @@ from converter.variants import BASE_URL_ENV, CHECKPOINTS_ENV, DEFAULT_BASE_URL
               help="Folder for the weights files, step records, results.csv, results.md and "
                    "top1.png.")
 @click.option("--checkpoints", "checkpoints_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, show_default=f"checkpoints/ of the source tree, or ${CHECKPOINTS_ENV}",
+              default=None, show_default=f"checkpoints/ in the working directory, or ${CHECKPOINTS_ENV}",
               help="Folder that receives the downloaded checkpoints.")
 @click.option("--base-url", envvar=BASE_URL_ENV, default=DEFAULT_BASE_URL, show_default=True,
               show_envvar=True, help="URL of the folder that contains the checkpoint archives.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE,
               show_default=True, help="Evaluation batch size, in images.")
-@click.option("--weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True,
-              help="ema: the /ExponentialMovingAverage shadows the official eval restored; "
-                   "raw: the training variables.")
+@weights_choice_option()
 def command(data: Path, labels_file: Path | None, variants: str | None, limit: int | None,
             output_dir: Path, checkpoints_dir: Path | None, base_url: str, batch_size: int,
             weights: str) -> None:
@@ -44,6 +44,7 @@ def command(data: Path, labels_file: Path | None, variants: str | None, limit: i
     Finished steps are skipped, so an interrupted run continues where it stopped. Prints
     the Markdown table on stdout.
     """
+    import_tensorflow_quietly()
     config = TableConfig(output_dir=output_dir, data=data, labels_file=labels_file, limit=limit,
                          batch_size=batch_size, checkpoints_dir=checkpoints_dir,
                          base_url=base_url, weights=weights)

@@ -1,0 +1,80 @@
+"""How user-given paths are read: checkpoint hints, ~ expansion, weights files, defaults."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import h5py
+import pytest
+
+from converter.checkpoint.locate import resolve_prefix
+from converter.errors import CheckpointError, WeightsFileError
+from converter.h5_weights import read_provenance
+from converter.output_files import check_output_path
+from converter.variants import CHECKPOINTS_ENV, checkpoints_root
+
+
+def write_index(directory: Path, name: str = "model.ckpt") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.index").write_bytes(b"index")
+    return directory / name
+
+
+def test_archive_given_as_checkpoint(tmp_path):
+    archive = tmp_path / "resnet-rs-50-i160.tar.gz"
+    with tarfile.open(archive, "w:gz"):
+        pass
+    with pytest.raises(CheckpointError, match=r"is an archive; unpack it first \(e\.g\. tar -xf"):
+        resolve_prefix(archive)
+
+
+def test_directory_with_archive(tmp_path):
+    (tmp_path / "resnet-rs-50-i160.tar.xz").write_bytes(b"archive")
+    with pytest.raises(CheckpointError, match=r"no \.index file\. It contains the archive "
+                                              r"resnet-rs-50-i160\.tar\.xz; unpack it first"):
+        resolve_prefix(tmp_path)
+
+
+def test_directory_with_nested_checkpoint(tmp_path):
+    write_index(tmp_path / "resnet-rs-50-i160")
+    with pytest.raises(CheckpointError, match=r"A subfolder holds one: pass .*resnet-rs-50-i160"):
+        resolve_prefix(tmp_path)
+
+
+def test_empty_directory_hint(tmp_path):
+    with pytest.raises(CheckpointError, match=r"Pass the directory that holds model\.ckpt\.index"):
+        resolve_prefix(tmp_path)
+
+
+def test_checkpoint_tilde_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    prefix = write_index(tmp_path / "ck")
+    assert resolve_prefix("~/ck") == str(prefix)
+
+
+def test_output_tilde_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert check_output_path("~/model.h5", overwrite=False) == tmp_path / "model.h5"
+
+
+def test_weights_file_directory(tmp_path):
+    with pytest.raises(WeightsFileError, match=r"is a directory; pass the \.h5 file"):
+        read_provenance(tmp_path)
+
+
+def test_weights_file_tilde_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        f.attrs["rsconvert_version"] = "0"
+        for key, value in (("depth", 50), ("num_classes", 1000), ("include_top", 1)):
+            f.attrs[key] = value
+    assert read_provenance("~/w.h5")["depth"] == 50
+
+
+def test_checkpoints_root_default(tmp_path, monkeypatch):
+    monkeypatch.delenv(CHECKPOINTS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert checkpoints_root().resolve() == tmp_path / "checkpoints"
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(tmp_path / "elsewhere"))
+    assert checkpoints_root() == tmp_path / "elsewhere"
