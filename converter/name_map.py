@@ -59,9 +59,10 @@ def build_name_map(reader, depth: int | None = None, weights: str = "ema",
     detected = detect_depth(reader)
     if depth is not None and depth != detected:
         raise MappingError(
-            f"--depth {depth} does not match the checkpoint, which is a ResNet-RS-{detected} "
-            f"({architecture.conv_count(detected)} conv kernels; depth {depth} has "
-            f"{architecture.conv_count(depth)}). Omit --depth to use the detected depth.")
+            f"Depth {depth} (from --depth or --variant) does not match the checkpoint, which is "
+            f"a ResNet-RS-{detected} ({architecture.conv_count(detected)} conv kernels; depth "
+            f"{depth} has {architecture.conv_count(depth)}). Omit --depth to use the detected "
+            "depth, or pick a variant of that depth.")
     classes = num_classes(reader)
     if expected_classes is not None and classes != expected_classes:
         hint = (" The extra class is the background class at index 0 of 1001-class ImageNet "

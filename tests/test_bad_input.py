@@ -192,7 +192,7 @@ def test_other_network(checkpoints, output_dir, reader):
 def test_wrong_depth(checkpoints, output_dir):
     before = snapshot(output_dir)
     result = convert(checkpoints["base"], output_dir / "model.h5", "--depth", "101")
-    assert_rejected(result, "--depth 101", "ResNet-RS-50")
+    assert_rejected(result, "Depth 101 (from --depth or --variant)", "ResNet-RS-50")
     assert snapshot(output_dir) == before
 
 

@@ -230,7 +230,8 @@ def test_missing_and_mismatched_listed_together(make_checkpoint, tmp_path):
 
 
 def test_wrong_depth_names_both(make_checkpoint, tmp_path):
-    with pytest.raises(MappingError, match=r"--depth 101 does not match .* ResNet-RS-50"):
+    with pytest.raises(MappingError, match=r"Depth 101 \(from --depth or --variant\) does not "
+                                           r"match .* ResNet-RS-50"):
         convert_checkpoint(make_checkpoint(storage="float32"), tmp_path / "out.h5", depth=101)
 
 
@@ -300,7 +301,8 @@ def test_cli_error_is_one_line(make_checkpoint, tmp_path):
     result = run_cli("ckpt-to-h5", "--checkpoint", make_checkpoint(storage="float32"),
                      "--depth", "152", "--output", str(tmp_path / "x.h5"))
     assert result.returncode == 2
-    assert result.stderr.startswith("Error: --depth 152 does not match")
+    assert result.stderr.startswith(
+        "Error: Depth 152 (from --depth or --variant) does not match")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.h5").exists()
 
