@@ -34,6 +34,7 @@ DEFAULT_BACKOFF_S = 2.0
 MAX_BACKOFF_S = 60.0
 LOG_INTERVAL_S = 10.0
 PART_SUFFIX = ".part"
+GZIP_MAGIC = b"\x1f\x8b"
 # 4xx statuses worth retrying (408 Request Timeout, 425 Too Early, 429 Too Many Requests).
 # Every 5xx status is retried too.
 TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429})
@@ -150,6 +151,22 @@ def fetch_variant(
     return FetchResult(variant, target, downloaded=True)
 
 
+def _discard_foreign_part(part: Path) -> None:
+    """Delete a .part file that cannot be the start of a .tar.gz, so the download restarts.
+
+    Resuming appends to the .part, so a leftover of some other file would otherwise spoil
+    the whole download. Every gzip stream starts with the bytes 1f 8b.
+    """
+    if not part.is_file() or part.stat().st_size < len(GZIP_MAGIC):
+        return
+    with open(part, "rb") as handle:
+        start = handle.read(len(GZIP_MAGIC))
+    if start != GZIP_MAGIC:
+        logger.warning("Deleting %s: it does not start like a .tar.gz archive, so it cannot be "
+                       "resumed.", part)
+        part.unlink()
+
+
 def _download_and_unpack(variant: Variant, url: str, root: Path, target: Path, *, force: bool,
                          keep_archive: bool, retries: int, timeout_s: float, backoff_s: float,
                          progress: ProgressCallback | None) -> None:
@@ -159,6 +176,7 @@ def _download_and_unpack(variant: Variant, url: str, root: Path, target: Path, *
     if force:
         archive.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
+    _discard_foreign_part(part)
 
     downloaded = not archive.exists()
     if downloaded:
@@ -177,7 +195,8 @@ def _download_and_unpack(variant: Variant, url: str, root: Path, target: Path, *
         # put there stays for them to inspect.
         if downloaded:
             archive.unlink(missing_ok=True)
-            raise type(error)(f"{error} The downloaded archive was deleted.") from None
+            raise type(error)(f"{error} The downloaded archive was deleted; run the same "
+                              "command again to download it anew.") from None
         raise type(error)(f"{error} Replace or delete {archive} and run the command again.") \
             from None
 

@@ -144,6 +144,27 @@ def test_fetch_complete_download(server, tmp_path):
     assert server.script.requests == [None]
 
 
+def test_fetch_discards_foreign_part(server, tmp_path, caplog):
+    body = make_archive(CHECKPOINT_FILES)
+    server.script.body = body
+    (tmp_path / f"{VARIANT}.tar.gz.part").write_bytes(b"<html>not an archive</html>")
+    with caplog.at_level(logging.WARNING, logger="converter.fetch"):
+        result = fetch_variant(VARIANT, tmp_path, base_url=server.base_url, **FAST)
+    assert result.downloaded
+    assert server.script.requests == [None]
+    assert "does not start like a .tar.gz archive" in caplog.text
+    assert leftovers(tmp_path) == [VARIANT]
+
+
+def test_fetch_resumes_archive_part(server, tmp_path):
+    body = make_archive(CHECKPOINT_FILES)
+    server.script.body = body
+    (tmp_path / f"{VARIANT}.tar.gz.part").write_bytes(body[:100])
+    result = fetch_variant(VARIANT, tmp_path, base_url=server.base_url, **FAST)
+    assert result.downloaded
+    assert server.script.requests == ["bytes=100-"]
+
+
 def test_fetch_flat_archive(server, tmp_path):
     server.script.body = make_archive(CHECKPOINT_FILES, folder="")
     result = fetch_variant(VARIANT, tmp_path, base_url=server.base_url, **FAST)
