@@ -91,8 +91,8 @@ def write_weights(path: Path, layers, read_weight, attributes: dict, progress=No
                 progress(layer)
 
 
-def read_provenance(path: str | Path) -> dict:
-    """Return the rsconvert attributes of a weights file, or raise WeightsFileError."""
+def _open_weights_file(path: str | Path) -> h5py.File:
+    """Open a weights file for reading, or raise WeightsFileError saying why it cannot be."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise WeightsFileError(f"Weights file {path} is a directory; pass the .h5 file written "
@@ -100,10 +100,16 @@ def read_provenance(path: str | Path) -> dict:
     if not path.is_file():
         raise WeightsFileError(f"Weights file {path} does not exist.")
     try:
-        with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
+        return h5py.File(path, "r")
     except OSError as error:
         raise WeightsFileError(f"{path} is not a readable HDF5 file: {error}") from None
+
+
+def read_provenance(path: str | Path) -> dict:
+    """Return the rsconvert attributes of a weights file, or raise WeightsFileError."""
+    path = Path(path).expanduser()
+    with _open_weights_file(path) as f:
+        attrs = dict(f.attrs)
     if "rsconvert_version" not in attrs:
         raise WeightsFileError(
             f"{path} was not written by rsconvert (no rsconvert_version attribute). Convert the "
@@ -127,8 +133,14 @@ def recorded_image_size(path: str | Path) -> int | None:
 
 
 def read_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
-    """Return {layer name: [arrays in weight order]} from a legacy-layout weights file."""
-    with h5py.File(Path(path).expanduser(), "r") as f:
+    """Return {layer name: [arrays in weight order]} from a legacy-layout weights file.
+
+    Raises WeightsFileError for a missing or unreadable file or one without that layout.
+    """
+    with _open_weights_file(path) as f:
+        if "layer_names" not in f.attrs:
+            raise WeightsFileError(f"{path} is not a Keras weights file in the legacy HDF5 "
+                                   "layout (no layer_names attribute).")
         result = {}
         for layer_name in load_attribute(f, "layer_names"):
             group = f[layer_name]

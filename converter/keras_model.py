@@ -108,10 +108,18 @@ def ResNetRS(depth: int, include_top: bool = True, input_shape=None, classes: in
     """Build a Keras 3 ResNet-RS of `depth` (50, 101, 152, 200, 270, 350 or 420).
 
     With include_preprocessing the model takes RGB pixels in 0..255 and applies the original
-    normalization; without it, it takes already normalized images. `weights` is an optional
-    rsconvert `.h5` file. `dtype` is a Keras dtype policy such as "mixed_bfloat16".
+    normalization; without it, it takes already normalized images. The head returns softmax
+    probabilities by default (`classifier_activation=None` gives logits), after dropout of
+    `dropout_rate` during training. `pooling` ("avg" or "max") applies only without the top.
+    `drop_connect_rate` drops whole residual branches during training (0 disables it).
+    `weights` is an optional `.h5` in the legacy layout with these layer names, such as one
+    written by rsconvert; without the top, its classifier is skipped. `dtype` is a Keras dtype
+    policy such as "mixed_bfloat16".
     """
     architecture.check_depth(depth)
+    if isinstance(weights, str) and weights == "imagenet":
+        raise WeightsFileError("ResNetRS downloads no weights; convert an official checkpoint "
+                               "with `rsconvert ckpt-to-h5` and pass the .h5 path as weights.")
     inputs = keras.Input(shape=tuple(input_shape) if input_shape else (None, None, 3),
                          name="input_layer")
     x = inputs
@@ -137,7 +145,8 @@ def ResNetRS(depth: int, include_top: bool = True, input_shape=None, classes: in
             raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     model = keras.Model(inputs, x, name=name or f"resnet-rs-{depth}")
     if weights is not None:
-        assign_weights(model, weights)
+        assign_weights(model, weights,
+                       skip_layers=() if include_top else (architecture.KERAS_CLASSIFIER,))
     return model
 
 
@@ -188,7 +197,9 @@ def load_weights_file(path: str | Path, input_shape=None, classifier_activation=
                       pooling: str | None = None, dtype=None) -> keras.Model:
     """Build the ResNet-RS that an rsconvert `.h5` describes and load the file into it.
 
-    `pooling` ("avg" or "max") applies only to a model without top, as in ResNetRS.
+    Unlike ResNetRS, the head returns logits by default. `pooling` ("avg" or "max") applies
+    only to a model without top, as in ResNetRS. For fine-tuning options (bn_momentum,
+    dropout_rate, drop_connect_rate) build `ResNetRS(..., weights=path)` instead.
     """
     provenance = read_provenance(path)
     if include_top is None:

@@ -131,11 +131,14 @@ def is_jpeg(image_bytes) -> tf.Tensor:
 
 
 def preprocess_image_bytes(image_bytes, image_size: int, crop_padding: int = CROP_PADDING,
-                           crop_fraction: float | None = None) -> tf.Tensor:
+                           crop_fraction: float | None = None,
+                           normalized: bool = True) -> tf.Tensor:
     """Decode, center-crop, resize and normalize one encoded image as the release eval did.
 
     Works eagerly and inside `tf.data` map functions. `image_bytes` is a scalar string
-    tensor; the result is float32 [image_size, image_size, 3], already normalized.
+    tensor; the result is float32 [image_size, image_size, 3], normalized for a model built
+    without include_preprocessing. With `normalized=False` it is the resized pixels in about
+    0..255 (bicubic resizing overshoots a little), the input of a model built with it.
     `crop_fraction`, when given, replaces the `crop_padding` rule with
     `side = int(crop_fraction * min(height, width))`. A corrupt or unsupported image
     raises `tf.errors.InvalidArgumentError` when the op runs.
@@ -152,7 +155,7 @@ def preprocess_image_bytes(image_bytes, image_size: int, crop_padding: int = CRO
         images=crop[tf.newaxis], size=[image_size, image_size], align_corners=False,
         half_pixel_centers=False)[0]
     resized = tf.reshape(resized, [image_size, image_size, 3])
-    return normalize(resized)
+    return normalize(resized) if normalized else resized
 
 
 def op_error_text(error: tf.errors.OpError) -> str:
@@ -164,8 +167,10 @@ def op_error_text(error: tf.errors.OpError) -> str:
 
 
 def preprocess_file(path: str | os.PathLike, image_size: int, crop_padding: int = CROP_PADDING,
-                    crop_fraction: float | None = None) -> np.ndarray:
+                    crop_fraction: float | None = None, normalized: bool = True) -> np.ndarray:
     """Read and preprocess one image file eagerly; returns float32 [S, S, 3].
+
+    `normalized` is as in preprocess_image_bytes.
 
     Raises DataError naming the file when it is missing, unreadable or not a decodable image.
     """
@@ -180,7 +185,8 @@ def preprocess_file(path: str | os.PathLike, image_size: int, crop_padding: int 
     if not data:
         raise DataError(f"Image file {os.fspath(path)!r} is empty; expected a JPEG or PNG image.")
     try:
-        image = preprocess_image_bytes(tf.constant(data), image_size, crop_padding, crop_fraction)
+        image = preprocess_image_bytes(tf.constant(data), image_size, crop_padding, crop_fraction,
+                                       normalized)
         return image.numpy()
     except tf.errors.InvalidArgumentError as error:
         raise DataError(f"Cannot decode image file {os.fspath(path)!r}: {op_error_text(error)}. "
@@ -188,13 +194,17 @@ def preprocess_file(path: str | os.PathLike, image_size: int, crop_padding: int 
 
 
 def load_images(paths: Sequence[str | os.PathLike], image_size: int,
-                crop_padding: int = CROP_PADDING,
-                crop_fraction: float | None = None) -> np.ndarray:
-    """Preprocess image files into one float32 batch [N, S, S, 3] (N = len(paths))."""
+                crop_padding: int = CROP_PADDING, crop_fraction: float | None = None,
+                normalized: bool = True) -> np.ndarray:
+    """Preprocess image files into one float32 batch [N, S, S, 3] (N = len(paths)).
+
+    `normalized` is as in preprocess_image_bytes.
+    """
     if not paths:
         raise DataError("No image files given; pass at least one image path.")
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.float32)
     for index, path in enumerate(paths):
-        images[index] = preprocess_file(path, image_size, crop_padding, crop_fraction)
+        images[index] = preprocess_file(path, image_size, crop_padding, crop_fraction,
+                                        normalized)
         logger.debug("Preprocessed %s", path)
     return images

@@ -101,3 +101,22 @@ def test_notop_file_cannot_build_top(make_checkpoint, tmp_path):
     convert_checkpoint(make_checkpoint(storage="float32"), output, include_top=False)
     with pytest.raises(WeightsFileError, match="is a notop file"):
         load_weights_file(output, include_top=True)
+
+
+def test_notop_model_skips_file_classifier(golden_h5):
+    model = ResNetRS(50, include_top=False, pooling="avg", input_shape=(64, 64, 3),
+                     weights=golden_h5["ema"])
+    top = load_weights_file(golden_h5["ema"], input_shape=(64, 64, 3))
+    kernel = model.get_layer("BlockGroup5__block_2__conv_3").get_weights()[0]
+    assert np.array_equal(kernel, top.get_layer("BlockGroup5__block_2__conv_3").get_weights()[0])
+
+
+def test_weights_argument_errors(tmp_path):
+    (tmp_path / "text.h5").write_text("not hdf5")
+    cases = [(tmp_path / "absent.h5", "does not exist"),
+             (tmp_path / "text.h5", "is not a readable HDF5 file"),
+             (tmp_path, "is a directory"),
+             ("imagenet", "downloads no weights; convert an official checkpoint")]
+    for weights, message in cases:
+        with pytest.raises(WeightsFileError, match=message):
+            ResNetRS(50, input_shape=(32, 32, 3), weights=weights)

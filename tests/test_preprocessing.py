@@ -48,6 +48,13 @@ def test_golden_preprocessing(name, image_size):
     assert np.abs(actual - expected).max() <= GOLDEN_TOLERANCE
 
 
+def test_unnormalized_pixels():
+    path = require_reference(GOLDEN_DIR) / "jpegs" / "img_01_0000.JPEG"
+    pixels = load_images([path], 160, normalized=False)[0]
+    assert 100 < float(pixels.mean()) < 200
+    assert np.abs(normalize(pixels) - preprocess_file(path, 160)).max() <= 1e-5
+
+
 def test_golden_in_tf_data():
     reference = require_reference(GOLDEN_DIR)
     path = str(reference / "jpegs" / "img_01_0001.JPEG")
