@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from converter import __version__
-from converter.arguments import require_at_least
+from converter.arguments import require_image_size
 from converter.checkpoint import open_checkpoint, to_float32
 from converter.errors import UnsupportedBundleFeature
 from converter.h5_weights import write_weights
@@ -115,7 +115,7 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, depth: int | 
     """
     output = check_output_path(output, overwrite)
     if image_size is not None:
-        require_at_least("image size", image_size, 1, "a positive number of pixels, e.g. 224")
+        require_image_size(image_size)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     reader = open_checkpoint(checkpoint, backend=backend)

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from converter import imagenet_classes
-from converter.arguments import require_at_least, require_choice
+from converter.arguments import (require_at_least, require_choice, require_crop_padding,
+                                 require_image_size)
 from converter.checkpoint.variables import WEIGHT_CHOICES
 from converter.errors import DataError, OutputError, RsconvertError, WeightsFileError
 from converter.eval_data import EvalSet, check_labels, open_eval_data
@@ -142,7 +143,7 @@ def _check_options(batch_size, limit, precision, crop_padding, weights) -> None:
     if limit is not None:
         require_at_least("limit", limit, 1, "1 or more images, or no limit")
     require_choice("precision", precision, PRECISION_POLICIES)
-    require_at_least("crop padding", crop_padding, 0, "0 or more pixels (the release used 32)")
+    require_crop_padding(crop_padding)
     if weights is not None:
         require_choice("weights", weights, WEIGHT_CHOICES)
 
@@ -191,9 +192,7 @@ def _resolve_source(variant_name, weights_file, checkpoint, depth, image_size):
     if image_size is None:
         raise RsconvertError("Missing --image_size (pixels, e.g. 224); it is filled in only "
                              "by --variant or from a weights file converted with one.")
-    if image_size < 1:
-        raise RsconvertError(f"Invalid image size {image_size}; expected a positive number "
-                             "of pixels, e.g. 224.")
+    require_image_size(image_size)
     return variant, weights_file, checkpoint, depth, image_size
 
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from converter.arguments import require_image_size
 from converter.errors import OutputError, RsconvertError
 from converter.output_files import atomic_output
 
@@ -81,9 +82,8 @@ def export_model(weights_file: str | Path, output: str | Path, export_format: st
     if export_format is None:
         export_format = infer_export_format(output)
     output = check_export_path(output, export_format, overwrite)
-    if image_size is not None and image_size < 1:
-        raise RsconvertError(f"Invalid image size {image_size}; expected a positive number of "
-                             "pixels, e.g. 224.")
+    if image_size is not None:
+        require_image_size(image_size)
     start = time.perf_counter()
     provenance = read_provenance(weights_file)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.arguments import require_at_least, require_choice
+from converter.arguments import (require_at_least, require_choice, require_crop_padding,
+                                 require_image_size)
 from converter.checkpoint.variables import WEIGHT_CHOICES
 from converter.errors import DataError, OutputError, RsconvertError, WeightsFileError
 
@@ -289,8 +290,8 @@ def _check_options(weights: str | None, precision: str, image_size: int | None,
         require_choice("weights", weights, WEIGHT_CHOICES)
     require_choice("precision", precision, PRECISIONS)
     if image_size is not None:
-        require_at_least("image size", image_size, 1, "a positive number of pixels, e.g. 224")
-    require_at_least("crop padding", crop_padding, 0, "0 or more pixels (the release used 32)")
+        require_image_size(image_size)
+    require_crop_padding(crop_padding)
     if images and random_images is not None:
         raise RsconvertError("Pass either image files (IMAGE arguments or --images) or "
                              "--random N, not both.")

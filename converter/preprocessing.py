@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from converter.arguments import require_crop_padding
 from converter.errors import DataError, RsconvertError
 
 logger = logging.getLogger(__name__)
@@ -66,9 +67,7 @@ def _check_crop_options(image_size: int, crop_padding: int, crop_fraction: float
         raise RsconvertError(f"Invalid image size {image_size!r}; expected a positive integer "
                              "number of pixels, e.g. 224.")
     if crop_fraction is None:
-        if crop_padding < 0:
-            raise RsconvertError(f"Invalid crop padding {crop_padding!r}; expected 0 or more "
-                                 "pixels (the release used 32).")
+        require_crop_padding(crop_padding)
     elif not 0.0 < crop_fraction <= 1.0:
         raise RsconvertError(f"Invalid crop fraction {crop_fraction!r}; expected a value in "
                              "(0, 1], e.g. 0.875.")

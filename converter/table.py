@@ -434,12 +434,16 @@ def default_steps() -> Steps:
                  evaluate=_evaluate_step, check_data=_check_data_step)
 
 
+def _require_data(config: TableConfig) -> Path:
+    if config.data is None:
+        raise RsconvertError("The eval step needs ImageNet validation data; pass --data PATH.")
+    return Path(config.data)
+
+
 def _check_data_step(config: TableConfig) -> None:
     from converter.eval_data import open_eval_data
 
-    if config.data is None:
-        raise RsconvertError("The eval step needs ImageNet validation data; pass --data PATH.")
-    open_eval_data(config.data, config.labels_file)
+    open_eval_data(_require_data(config), config.labels_file)
 
 
 def _fetch_step(variant: Variant, config: TableConfig) -> dict:
@@ -479,9 +483,7 @@ def _parity_step(variant: Variant, checkpoint: Path, weights_file: Path,
 def _evaluate_step(variant: Variant, weights_file: Path, config: TableConfig) -> dict:
     from converter.evaluation import evaluate
 
-    if config.data is None:
-        raise RsconvertError("The eval step needs ImageNet validation data; pass --data PATH.")
-    result = evaluate(config.data, variant.image_size, weights_file=weights_file,
+    result = evaluate(_require_data(config), variant.image_size, weights_file=weights_file,
                       variant=variant.name, labels_file=config.labels_file,
                       batch_size=config.batch_size, limit=config.limit, weights=config.weights,
                       show_progress=False)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from converter.cli.options import (checkpoint_option, depth_option, overwrite_option,
-                                   resolve_variant, variant_option, weights_choice_option)
-from converter.errors import RsconvertError
+                                   resolve_checkpoint, variant_option, weights_choice_option)
 
 
 @click.command("ckpt-to-h5")
@@ -34,10 +33,8 @@ def command(checkpoint, variant, depth, output, weights, include_top, image_size
     from converter.checkpoint import detect_depth, open_checkpoint
     from converter.convert import convert_checkpoint, default_output_name
 
-    _, checkpoint, depth_value, image_size = resolve_variant(variant, checkpoint, depth,
+    checkpoint, depth_value, image_size = resolve_checkpoint(variant, checkpoint, depth,
                                                              image_size)
-    if checkpoint is None:
-        raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
     if output is None:
         if depth_value is None:
             with open_checkpoint(checkpoint, backend=reader) as opened:

@@ -6,8 +6,7 @@ import json
 
 import click
 
-from converter.cli.options import checkpoint_option, resolve_variant, variant_option
-from converter.errors import RsconvertError
+from converter.cli.options import checkpoint_option, resolve_checkpoint, variant_option
 
 
 @click.command("inspect")
@@ -20,9 +19,6 @@ def command(checkpoint, variant, as_json, reader):
     """List tensors (name, dtype, shape, bytes), depth, classes and EMA/Momentum presence."""
     from converter.inspect_checkpoint import format_inspection, inspect_checkpoint
 
-    _, checkpoint, _, _ = resolve_variant(variant, checkpoint, None, None)
-    if checkpoint is None:
-        raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
-
+    checkpoint, _, _ = resolve_checkpoint(variant, checkpoint, None, None)
     info = inspect_checkpoint(checkpoint, backend=reader)
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from converter.errors import RsconvertError
-from converter.variants import Variant, apply_variant, downloaded_checkpoint
+from converter.variants import apply_variant, downloaded_checkpoint
 
 
 def variant_option(function):
@@ -50,11 +50,18 @@ def overwrite_option(output_description: str):
                         help=f"Replace an existing {output_description}.")
 
 
-def resolve_variant(variant_name: str | None, checkpoint: str | None, depth: str | None,
-                    image_size: int | None) -> tuple[Variant | None, str | None, int | None, int | None]:
-    """Merge --variant with explicit options; explicit options win, conflicts are errors."""
+def resolve_checkpoint(variant_name: str | None, checkpoint: str | None, depth: str | None,
+                       image_size: int | None) -> tuple[str, int | None, int | None]:
+    """Merge --variant with explicit options into (checkpoint, depth, image size).
+
+    An explicit --depth that differs from the variant's is an error, and so is having
+    neither --checkpoint nor --variant. Without --checkpoint, the variant's downloaded
+    checkpoint is used.
+    """
     depth_value = int(depth) if depth is not None else None
     variant, depth_value, image_size = apply_variant(variant_name, depth_value, image_size)
     if variant is not None and checkpoint is None:
         checkpoint = downloaded_checkpoint(variant)
-    return variant, checkpoint, depth_value, image_size
+    if checkpoint is None:
+        raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
+    return checkpoint, depth_value, image_size

@@ -7,10 +7,9 @@ import sys
 import click
 
 from converter.cli.options import (checkpoint_option, crop_padding_option, depth_option,
-                                   overwrite_option, resolve_variant, variant_option,
+                                   overwrite_option, resolve_checkpoint, variant_option,
                                    weights_choice_option)
 from converter.cli.tensorflow_import import import_tensorflow_quietly
-from converter.errors import RsconvertError
 
 # Exit status when the check ran but a stage is beyond tolerance (bad input exits with 2).
 EXIT_PARITY_FAILED = 1
@@ -52,13 +51,11 @@ def command(checkpoint, weights_file, variant, depth, image_size, image_option, 
     eval, or photo-like random images (--random). Exits with 0 when every stage is within
     tolerance, 1 when one is not, 2 on bad input.
     """
+    checkpoint, depth_value, image_size = resolve_checkpoint(variant, checkpoint, depth,
+                                                             image_size)
     import_tensorflow_quietly()
     from converter.parity import run_parity_check
 
-    _, checkpoint, depth_value, image_size = resolve_variant(variant, checkpoint, depth,
-                                                             image_size)
-    if checkpoint is None:
-        raise RsconvertError("Missing --checkpoint PATH (or --variant NAME).")
     # An explicit --image-size, 0 included, is passed on for the library to check.
     report = run_parity_check(
         checkpoint, weights_file, depth=depth_value, image_size=image_size,
