@@ -8,10 +8,11 @@ it costs, each mode in a fresh child process, round-robin:
 * `variables`: `tf.function(lambda x: model(x, training=False))`;
 * `frozen`: the same traced function after `convert_variables_to_constants_v2`.
 
-For each run it reports images/s (median batch time over the timed batches), seconds from
-the built model to the end of the first batch (tracing, freezing and graph optimization),
-the process's peak RSS and how far the first output is from the output of the traced model
-with variables. The model has random weights, which leave the speed unchanged.
+Each run reports four numbers. Images/s comes from the median batch time over the timed
+batches. Seconds to first output run from the built model to the end of the first batch,
+so they include tracing, freezing and graph optimization. Peak RSS is the process's. The
+logit difference compares the first output with the traced model's output through its
+variables. The model has random weights, which leave the speed unchanged.
 
 Usage: python benchmarks/bench_frozen.py [--depth 50] [--image-size 160] [--batch-size 32]
                                          [--batches 5] [--runs 3]
