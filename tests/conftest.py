@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +54,36 @@ def golden_h5(golden_checkpoint, tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="module")
+def module_tmp_path(request, tmp_path_factory):
+    """A directory for one module's shared files, removed when the module's tests end.
+
+    A full-size ResNet-RS-50 checkpoint takes about 400 MB, so files that outlive their
+    tests add up to several GB over the whole suite.
+    """
+    directory = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def write_checkpoint(tmp_path):
+    """Return a function that writes an original-layout checkpoint for one test only."""
+    from converter.checkpoint.synthetic import write_original_checkpoint
+
+    def write(**options) -> str:
+        return write_original_checkpoint(tempfile.mkdtemp(prefix="checkpoint-", dir=tmp_path),
+                                         **options)
+
+    return write
+
+
 @pytest.fixture(scope="session")
 def make_checkpoint(tmp_path_factory):
-    """Return a factory that writes (and caches) original-layout checkpoints by options."""
+    """Return a factory that writes (and caches) original-layout checkpoints by options.
+
+    Kept for the whole session: meant for the few option sets that many tests share.
+    """
     from converter.checkpoint.synthetic import write_original_checkpoint
 
     cache: dict[tuple, str] = {}

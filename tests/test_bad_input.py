@@ -47,9 +47,10 @@ main()
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
+def checkpoints(module_tmp_path) -> dict[str, Path]:
     """Write the good and bad checkpoints once; return their directories by role."""
-    root = tmp_path_factory.mktemp("checkpoints")
+    root = module_tmp_path / "checkpoints"
+    root.mkdir()
     small = dict(depth=50, storage="bfloat16", momentum=False)
     write_original_checkpoint(root / "base", **small)
     write_original_checkpoint(root / "classes_1001", num_classes=1001, ema=False, **small)
@@ -344,13 +345,14 @@ def _write_records(path: Path, examples: list[tuple[bytes, int]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def weights_files(checkpoints, tmp_path_factory) -> dict[str, Path]:
+def weights_files(checkpoints, module_tmp_path) -> dict[str, Path]:
     """Convert the depth-50 and a depth-101 checkpoint, and write an HDF5 file of another tool."""
     import h5py
 
     from converter.convert import convert_checkpoint
 
-    root = tmp_path_factory.mktemp("weights")
+    root = module_tmp_path / "weights"
+    root.mkdir()
     convert_checkpoint(checkpoints["base"], root / "rs50.h5")
     deeper = write_original_checkpoint(root / "rs101", depth=101, storage="bfloat16", ema=False,
                                        momentum=False)
@@ -362,9 +364,10 @@ def weights_files(checkpoints, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def eval_data(tmp_path_factory) -> dict[str, Path]:
+def eval_data(module_tmp_path) -> dict[str, Path]:
     """Write evaluation folders: good records, no images, a corrupt JPEG, a bad label."""
-    root = tmp_path_factory.mktemp("eval_data")
+    root = module_tmp_path / "eval_data"
+    root.mkdir()
     good = _jpeg_bytes()
 
     (root / "good").mkdir()

@@ -197,32 +197,33 @@ def test_notop_loads_into_tf_keras(make_checkpoint, tmp_path):
         assert np.array_equal(kernel, f["stem_1_stem_conv_1/stem_1_stem_conv_1/kernel:0"][()])
 
 
-def test_missing_ema_suggests_raw(make_checkpoint, tmp_path):
-    prefix = make_checkpoint(storage="float32", ema=False)
+def test_missing_ema_suggests_raw(write_checkpoint, tmp_path):
+    prefix = write_checkpoint(storage="float32", ema=False, momentum=False)
     with pytest.raises(CheckpointError, match=r"has no /ExponentialMovingAverage tensors. Use --weights raw"):
         convert_checkpoint(prefix, tmp_path / "out.h5")
     assert not (tmp_path / "out.h5").exists()
     assert convert_checkpoint(prefix, tmp_path / "raw.h5", weights="raw").weights == "raw"
 
 
-def test_one_missing_ema_named(make_checkpoint, tmp_path):
-    prefix = make_checkpoint(storage="float32", drop=("batch_normalization_7/moving_mean"
-                                                      "/ExponentialMovingAverage",))
+def test_one_missing_ema_named(write_checkpoint, tmp_path):
+    prefix = write_checkpoint(storage="float32", momentum=False,
+                              drop=("batch_normalization_7/moving_mean/ExponentialMovingAverage",))
     with pytest.raises(CheckpointError, match=r"variables \(1\): batch_normalization_7/moving_mean"):
         convert_checkpoint(prefix, tmp_path / "out.h5")
 
 
-def test_unexpected_tensor_listed(make_checkpoint, tmp_path):
+def test_unexpected_tensor_listed(write_checkpoint, tmp_path):
     extra = {"extra_head/kernel": np.zeros((3, 3), np.float32),
              "conv2d_999/kernel": np.zeros((1,), np.float32)}
-    prefix = make_checkpoint(storage="float32", extra=extra)
+    prefix = write_checkpoint(storage="float32", momentum=False, extra=extra)
     with pytest.raises(MappingError, match=r"unexpected \(2\): conv2d_999/kernel, extra_head/kernel"):
         convert_checkpoint(prefix, tmp_path / "out.h5")
 
 
-def test_missing_and_mismatched_listed_together(make_checkpoint, tmp_path):
+def test_missing_and_mismatched_listed_together(write_checkpoint, tmp_path):
     extra = {"batch_normalization_3/gamma": np.ones((65,), np.float32)}
-    prefix = make_checkpoint(storage="float32", extra=extra, drop=("conv2d_9/bias",))
+    prefix = write_checkpoint(storage="float32", momentum=False, extra=extra,
+                              drop=("conv2d_9/bias",))
     with pytest.raises(MappingError) as error:
         convert_checkpoint(prefix, tmp_path / "out.h5", weights="raw")
     assert "missing (1): conv2d_9/bias" in str(error.value)
@@ -235,8 +236,8 @@ def test_wrong_depth_names_both(make_checkpoint, tmp_path):
         convert_checkpoint(make_checkpoint(storage="float32"), tmp_path / "out.h5", depth=101)
 
 
-def test_class_count_from_dense(make_checkpoint, tmp_path):
-    prefix = make_checkpoint(storage="float32", num_classes=1001)
+def test_class_count_from_dense(write_checkpoint, tmp_path):
+    prefix = write_checkpoint(storage="float32", momentum=False, num_classes=1001)
     report = convert_checkpoint(prefix, tmp_path / "out.h5")
     assert report.num_classes == 1001
     with pytest.raises(MappingError, match="has 1001 classes, expected 1000. The extra class is the background"):

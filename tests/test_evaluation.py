@@ -319,12 +319,14 @@ def test_tfrecord_bad_label(golden_weights, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def background_class_weights(make_checkpoint, tmp_path_factory):
+def background_class_weights(module_tmp_path):
     """A weights file with a 1001-class head, as checkpoints with a background class have."""
+    from converter.checkpoint.synthetic import write_original_checkpoint
     from converter.convert import convert_checkpoint
 
-    prefix = make_checkpoint(num_classes=1001, ema=False, momentum=False)
-    path = tmp_path_factory.mktemp("background") / "rs50-1001.h5"
+    prefix = write_original_checkpoint(module_tmp_path / "background", num_classes=1001,
+                                       ema=False, momentum=False)
+    path = module_tmp_path / "rs50-1001.h5"
     convert_checkpoint(prefix, path, weights="raw", show_progress=False)
     return prefix, path
 

@@ -21,11 +21,11 @@ STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
+def weights_file(module_tmp_path):
     from converter.convert import convert_checkpoint
     from converter.demo import write_demo_checkpoint
 
-    directory = tmp_path_factory.mktemp("export")
+    directory = module_tmp_path
     prefix = write_demo_checkpoint(directory / "checkpoint", depth=DEPTH, num_classes=NUM_CLASSES)
     output = directory / "resnet-rs-50.h5"
     convert_checkpoint(prefix, output, show_progress=False)

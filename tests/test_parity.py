@@ -73,10 +73,10 @@ def test_golden_passes(weights, golden_checkpoint, golden_h5):
     assert report.num_classes == 1000
 
 
-def test_demo_checkpoint_passes(make_checkpoint, tmp_path):
+def test_demo_checkpoint_passes(write_checkpoint, tmp_path):
     from converter.convert import convert_checkpoint
 
-    prefix = make_checkpoint(depth=50, num_classes=10, seed=3)
+    prefix = write_checkpoint(depth=50, num_classes=10, seed=3)
     weights_file = tmp_path / "demo.h5"
     convert_checkpoint(prefix, weights_file)
     report = run_parity_check(prefix, weights_file, image_size=SMALL_SIZE, random_images=3,
