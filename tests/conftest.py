@@ -56,7 +56,7 @@ def golden_h5(golden_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def module_tmp_path(request, tmp_path_factory):
-    """A directory for one module's shared files, removed when the module's tests end.
+    """Yield a directory for one module's shared files and remove it after the module's tests.
 
     A full-size ResNet-RS-50 checkpoint takes about 400 MB, so files that outlive their
     tests add up to several GB over the whole suite.
@@ -82,7 +82,7 @@ def write_checkpoint(tmp_path):
 def make_checkpoint(tmp_path_factory):
     """Return a factory that writes (and caches) original-layout checkpoints by options.
 
-    Kept for the whole session: meant for the few option sets that many tests share.
+    The cache lasts the whole session, so it suits only option sets that many tests share.
     """
     from converter.checkpoint.synthetic import write_original_checkpoint
 
