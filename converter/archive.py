@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterable
 
 from converter.errors import CheckpointError, OutputError
+from converter.output_files import translate_disk_full
 
 # Buffer size for copying members out of the archive and for reading the gzip stream to its end.
 CHUNK_BYTES = 1 << 20
@@ -83,7 +84,8 @@ def extract_checkpoint(archive: Path, target: Path, *, replace: bool = False) ->
     try:
         unpacked = staging / "archive"
         unpacked.mkdir()
-        _unpack_members(archive, unpacked)
+        with translate_disk_full(target):
+            _unpack_members(archive, unpacked)
         source = _find_checkpoint_dir(unpacked, archive)
         if target.exists():
             # Same file system, so both renames are atomic; the old copy goes with staging.

@@ -83,7 +83,9 @@ def _convert_with(reader, output: Path, depth, weights, include_top, overwrite,
     }
     if image_size is not None:
         attributes["image_size"] = image_size
-    with atomic_output(output, overwrite=overwrite) as temp:
+    num_parameters = sum(math.prod(s.weight.shape) for s in name_map.sources)
+    float32_bytes = 4 * num_parameters
+    with atomic_output(output, overwrite=overwrite, expected_bytes=float32_bytes) as temp:
         if show_progress:
             with click.progressbar(length=len(name_map.layers), label="Converting",
                                    file=sys.stderr) as bar:
@@ -96,7 +98,7 @@ def _convert_with(reader, output: Path, depth, weights, include_top, overwrite,
         depth=name_map.depth, num_classes=name_map.num_classes, weights=weights,
         include_top=include_top, stored_dtype=name_map.stored_dtype,
         num_layers=len(name_map.layers), num_tensors=len(name_map.sources),
-        num_parameters=sum(math.prod(s.weight.shape) for s in name_map.sources),
+        num_parameters=num_parameters,
         bytes_read=bytes_read, seconds=time.perf_counter() - start)
 
 

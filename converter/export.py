@@ -26,7 +26,8 @@ from typing import Callable
 
 from converter.arguments import require_image_size
 from converter.errors import OutputError, RsconvertError
-from converter.output_files import atomic_output
+from converter.output_files import (SPACE_MARGIN_BYTES, atomic_output, check_free_space,
+                                     translate_disk_full)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ def export_model(weights_file: str | Path, output: str | Path, export_format: st
         require_image_size(image_size)
     start = time.perf_counter()
     provenance = read_provenance(weights_file)
+    # Every format stores the same float32 tensors as the .h5, plus a little structure.
+    check_free_space(output.parent, weights_file.stat().st_size + SPACE_MARGIN_BYTES,
+                     str(output))
 
     # Imported after the checks above, so that bad input fails before TensorFlow loads.
     from converter.keras_model import load_weights_file
@@ -176,7 +180,8 @@ def _write_directory(target: Path, overwrite: bool, write: Callable[[Path], None
         raise OutputError(f"Cannot create a temporary folder beside {target}: {error}") from None
     try:
         export = staging / "export"
-        write(export)
+        with translate_disk_full(target):
+            write(export)
         if target.exists():
             if not overwrite:
                 raise OutputError(f"Output {target} appeared while writing; not replacing it.")

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 from converter import __version__
 from converter.archive import extract_checkpoint, is_checkpoint_dir
 from converter.errors import CheckpointError, OutputError, RsconvertError
+from converter.output_files import NO_SPACE_ERRNOS, check_free_space, format_size
 from converter.variants import Variant, checkpoints_root, get_variant
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,9 @@ def _download_and_unpack(variant: Variant, url: str, root: Path, target: Path, *
 
     try:
         extract_checkpoint(archive, target, replace=force)
+    except OutputError as error:
+        raise OutputError(f"{error} The archive stays at {archive}: the same command unpacks "
+                          "it without downloading, and keeps it afterwards.") from None
     except CheckpointError as error:
         # A bad download is useless, so the next call starts afresh. An archive that the user
         # put there stays for them to inspect.
@@ -359,6 +363,9 @@ class _Transfer:
                 raise DownloadError(
                     f"Downloading {self.url} failed: unexpected HTTP status {response.status}.")
             self._record_total(total)
+            if total is not None:
+                check_free_space(self.part.parent, total - offset,
+                                 f"the {format_size(total - offset)} left to download of {self.url}")
             size = self._copy_body(response, mode, offset)
 
         if self.total is not None and size < self.total:
@@ -407,7 +414,8 @@ class _Transfer:
 
     def _copy_body(self, response, mode: str, offset: int) -> int:
         size = offset
-        with open(self.part, mode) as out:
+        # Unbuffered, so that a full disk fails in write() below and not again in close().
+        with open(self.part, mode, buffering=0) as out:
             if self.progress is not None:
                 self.progress(size, self.total)
             while True:
@@ -417,10 +425,24 @@ class _Transfer:
                     raise _TransientError(_describe(error)) from None
                 if not chunk:
                     return size
-                out.write(chunk)
+                try:
+                    _write_all(out, chunk)
+                except OSError as error:
+                    if error.errno not in NO_SPACE_ERRNOS:
+                        raise
+                    raise OutputError(
+                        f"Failed to write {self.part}: {error.strerror} after {size:,} bytes. "
+                        "Free some space and run the same command again to resume.") from None
                 size += len(chunk)
                 if self.progress is not None:
                     self.progress(size, self.total)
+
+
+def _write_all(out, data: bytes) -> None:
+    """Write all of `data` to the unbuffered file `out`, whose write() may be partial."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
 
 
 def _content_length(response) -> int | None:

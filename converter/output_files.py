@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from converter.errors import OutputError
+
+# Errors that only a write can raise: the file system or the user's quota is full.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Room left for HDF5 metadata and file system rounding beyond the raw tensor bytes.
+SPACE_MARGIN_BYTES = 16 * 2**20
 
 
 def _current_umask() -> int:
@@ -49,15 +56,87 @@ def check_output_path(output: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def format_size(num_bytes: int) -> str:
+    """Format a byte count in bytes, KiB, MiB, or GiB from 10 GiB up."""
+    if num_bytes >= 10 * 2**30:
+        return f"{num_bytes / 2**30:,.1f} GiB"
+    if num_bytes >= 2**20:
+        return f"{num_bytes / 2**20:,.1f} MiB"
+    if num_bytes >= 2**10:
+        return f"{num_bytes / 2**10:,.1f} KiB"
+    return f"{num_bytes} bytes"
+
+
+def free_bytes(directory: str | Path) -> int | None:
+    """Return the bytes free to this user on `directory`'s file system, or None if unknown."""
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def check_free_space(directory: str | Path, needed_bytes: int, description: str) -> None:
+    """Raise OutputError when `directory` has less than `needed_bytes` free for `description`.
+
+    Free space that cannot be read is not an error; the write itself then reports a full disk.
+    """
+    free = free_bytes(directory)
+    if free is not None and free < needed_bytes:
+        raise OutputError(f"Not enough free space in {directory} for {description}: it needs about "
+                          f"{format_size(needed_bytes)} and {format_size(free)} is free. Free "
+                          "some space or choose another location.")
+
+
+def no_space_error(error: BaseException) -> OSError | None:
+    """Return the full-disk OSError that caused `error`, or None when there is none.
+
+    h5py reports a full disk as an OSError and then, while closing the file, as a
+    RuntimeError raised during the first one, so the exception context is searched too.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in NO_SPACE_ERRNOS:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def disk_full_error(target: Path, cause: OSError) -> OutputError:
+    """Return the error for a write of `target` that ran out of space; nothing was replaced."""
+    directory = target.parent if str(target.parent) else Path(".")
+    return OutputError(f"Failed to write {target}: {os.strerror(cause.errno)} in {directory}. "
+                       "The partial output was removed and any earlier output is unchanged. "
+                       "Free some space or choose another location.")
+
+
 @contextlib.contextmanager
-def atomic_output(target: str | Path, overwrite: bool = False, suffix: str = ".tmp") -> Iterator[Path]:
+def translate_disk_full(target: Path) -> Iterator[None]:
+    """Turn a full-disk failure inside the block into one OutputError naming `target`."""
+    try:
+        yield
+    except Exception as error:
+        cause = no_space_error(error)
+        if cause is None:
+            raise
+        raise disk_full_error(target, cause) from None
+
+
+@contextlib.contextmanager
+def atomic_output(target: str | Path, overwrite: bool = False, suffix: str = ".tmp",
+                  expected_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success.
 
     On any exception, KeyboardInterrupt included, the temporary file is removed and an
-    existing `target` is left untouched. `suffix` ends the temporary name, for writers that
-    choose the format from it.
+    existing `target` is left untouched; a full disk becomes an OutputError. `suffix` ends
+    the temporary name, for writers that choose the format from it. With `expected_bytes`,
+    too little free space fails before anything is written.
     """
     target = check_output_path(target, overwrite)
+    if expected_bytes is not None:
+        check_free_space(target.parent if str(target.parent) else Path("."),
+                         expected_bytes + SPACE_MARGIN_BYTES, str(target))
     try:
         handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix,
                                              dir=target.parent if str(target.parent) else ".")
@@ -69,7 +148,8 @@ def atomic_output(target: str | Path, overwrite: bool = False, suffix: str = ".t
     # mkstemp creates the file with mode 0600; give the output the usual permissions.
     os.chmod(temp, default_file_mode())
     try:
-        yield temp
+        with translate_disk_full(target):
+            yield temp
         if target.exists() and not overwrite:
             raise OutputError(f"Output file {target} appeared while writing; not replacing it.")
         os.replace(temp, target)

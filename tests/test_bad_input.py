@@ -31,9 +31,14 @@ DATA_SHARD = "model.ckpt.data-00000-of-00001"
 EXISTING_NAME = "existing.h5"
 EXISTING_BYTES = b"weights written by an earlier run\n"
 
-# Runs the CLI with every HDF5 dataset write delayed by 20 ms, so that the write phase of a
-# depth-50 conversion (346 datasets) lasts several seconds and a signal reliably lands in it.
-SLOW_WRITER_CLI = [sys.executable, "-c", """
+def patched_cli(setup: str) -> list[str]:
+    """Return a command that runs `setup` (Python source) and then the CLI."""
+    return [sys.executable, "-c", f"{setup}\nfrom converter.cli import main\nmain()"]
+
+
+# Every HDF5 dataset write is delayed by 20 ms, so that the write phase of a depth-50
+# conversion (346 datasets) lasts several seconds and a signal reliably lands in it.
+SLOW_WRITER_CLI = patched_cli("""
 import time
 import h5py
 create_dataset = h5py.Group.create_dataset
@@ -41,9 +46,30 @@ def slow_create_dataset(self, *args, **kwargs):
     time.sleep(0.02)
     return create_dataset(self, *args, **kwargs)
 h5py.Group.create_dataset = slow_create_dataset
-from converter.cli import main
-main()
-"""]
+""")
+# free_bytes reports 1 MiB to the check before writing, or 1 TiB so that a write starts and
+# then runs out of space.
+LITTLE_SPACE_CLI = patched_cli("""
+import converter.output_files
+converter.output_files.free_bytes = lambda directory: 2**20
+""")
+AMPLE_SPACE_CLI = patched_cli("""
+import converter.output_files
+converter.output_files.free_bytes = lambda directory: 2**40
+""")
+# The 20th HDF5 dataset write fails as h5py reports a full disk.
+FULL_DISK_CLI = patched_cli("""
+import errno
+import h5py
+create_dataset = h5py.Group.create_dataset
+calls = []
+def failing_create_dataset(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 20:
+        raise OSError(errno.ENOSPC, "Can't synchronously write data (file write failed)")
+    return create_dataset(self, *args, **kwargs)
+h5py.Group.create_dataset = failing_create_dataset
+""")
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +130,9 @@ def snapshot(directory: Path) -> dict[str, str]:
             for path in sorted(directory.iterdir())}
 
 
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
+def run_cli(*args: str | Path, command: list[str] = CLI) -> subprocess.CompletedProcess:
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -124,9 +151,10 @@ def assert_rejected(result: subprocess.CompletedProcess, *fragments: str) -> str
     return lines[0]
 
 
-def convert(checkpoint: Path | str, output: Path | str, *options: str
-            ) -> subprocess.CompletedProcess:
-    return run_cli("ckpt-to-h5", "--checkpoint", checkpoint, "--output", output, *options)
+def convert(checkpoint: Path | str, output: Path | str, *options: str,
+            command: list[str] = CLI) -> subprocess.CompletedProcess:
+    return run_cli("ckpt-to-h5", "--checkpoint", checkpoint, "--output", output, *options,
+                   command=command)
 
 
 # --- checkpoints that cannot be read or are not ResNet-RS -----------------------------
@@ -314,6 +342,57 @@ def test_interrupt_while_writing(signum, status, checkpoints, output_dir):
     assert ("Interrupted." if signum == signal.SIGINT else "Stopped by SIG") in stderr
     assert "Wrote" not in stdout
     assert snapshot(output_dir) == before
+
+
+# --- a full disk ------------------------------------------------------------------------
+
+@pytest.fixture
+def small_filesystem(tmp_path) -> Path:
+    """Mount a 40 MiB tmpfs holding one earlier weights file; skip where mounting is denied.
+
+    A depth-50 float32 weights file takes about 136 MiB, so a conversion into it runs out
+    of space part-way.
+    """
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    try:
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs",
+                                 str(mount_point)], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("the mount command is not installed, so no small file system can be made")
+    if result.returncode != 0:
+        pytest.skip(f"mounting a 40 MiB tmpfs was denied ({result.stderr.strip()}); "
+                    "it needs root")
+    try:
+        (mount_point / EXISTING_NAME).write_bytes(EXISTING_BYTES)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=30)
+
+
+def test_too_little_space_fails_first(checkpoints, output_dir):
+    before = snapshot(output_dir)
+    result = convert(checkpoints["base"], output_dir / "model.h5", command=LITTLE_SPACE_CLI)
+    assert_rejected(result, "Not enough free space", "needs about 152.4 MiB", "1.0 MiB is free")
+    assert snapshot(output_dir) == before
+
+
+def test_full_disk_while_writing(checkpoints, output_dir):
+    before = snapshot(output_dir)
+    result = convert(checkpoints["base"], output_dir / EXISTING_NAME, "--overwrite",
+                     command=FULL_DISK_CLI)
+    assert_rejected(result, f"Failed to write {output_dir / EXISTING_NAME}",
+                    "No space left on device", "earlier output is unchanged")
+    assert snapshot(output_dir) == before
+
+
+def test_real_full_disk_while_writing(checkpoints, small_filesystem):
+    before = snapshot(small_filesystem)
+    result = convert(checkpoints["base"], small_filesystem / EXISTING_NAME, "--overwrite",
+                     command=AMPLE_SPACE_CLI)
+    assert_rejected(result, "No space left on device")
+    assert "Exception ignored" not in result.stderr, result.stderr
+    assert snapshot(small_filesystem) == before
 
 
 # --- parity-check and eval ------------------------------------------------------------

@@ -220,6 +220,35 @@ def test_export_failure_leaves_nothing(weights_file, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_too_little_space(weights_file, tmp_path, monkeypatch):
+    monkeypatch.setattr("converter.output_files.free_bytes", lambda directory: 2**20)
+    with pytest.raises(OutputError, match=r"Not enough free space .* it needs about .* MiB and "
+                                          r"1\.0 MiB is free"):
+        export_model(weights_file, tmp_path / "model.keras")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("output", ["model.keras", "served"])
+def test_export_disk_full(output, weights_file, tmp_path, monkeypatch):
+    import errno
+
+    import keras
+
+    def fill_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", fill_disk)
+    monkeypatch.setattr("converter.export.write_saved_model", fill_disk)
+    if output == "served":
+        (tmp_path / output).mkdir()
+    else:
+        (tmp_path / output).write_bytes(b"old")
+    before = sorted(path.name for path in tmp_path.rglob("*"))
+    with pytest.raises(OutputError, match=r"Failed to write .*: No space left on device"):
+        export_model(weights_file, tmp_path / output, overwrite=True)
+    assert sorted(path.name for path in tmp_path.rglob("*")) == before
+
+
 def test_export_command_existing_output(weights_file, tmp_path):
     output = tmp_path / "model.keras"
     output.write_bytes(b"keep me")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import http.server
 import io
 import logging
@@ -568,6 +569,54 @@ def test_fetch_bad_local_archive_kept(tmp_path):
     with pytest.raises(CheckpointError, match=r"not a readable .*Replace or delete"):
         fetch_variant(VARIANT, tmp_path)
     assert leftovers(tmp_path) == [archive.name]
+
+
+def raise_disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_fetch_too_little_space(server, tmp_path, monkeypatch):
+    body = make_archive(CHECKPOINT_FILES)
+    server.script.body = body
+    monkeypatch.setattr("converter.output_files.free_bytes", lambda directory: 100)
+    with pytest.raises(OutputError, match=rf"Not enough free space in {re.escape(str(tmp_path))} "
+                                          r"for the .* KiB left to download of .*: it needs "
+                                          r"about .* KiB and 100 bytes is free"):
+        fetch_variant(VARIANT, tmp_path, base_url=server.base_url, **FAST)
+    monkeypatch.undo()
+    clear_proxies(monkeypatch)
+    assert fetch_variant(VARIANT, tmp_path, base_url=server.base_url, **FAST).downloaded
+    assert leftovers(tmp_path) == [VARIANT]
+
+
+def test_fetch_disk_full_keeps_part(server, tmp_path, monkeypatch):
+    body = make_archive(CHECKPOINT_FILES)
+    server.script.body = body
+    part = tmp_path / f"{VARIANT}.tar.gz.part"
+    part.write_bytes(body[:100])
+    monkeypatch.setattr("converter.fetch._write_all", raise_disk_full)
+    with pytest.raises(OutputError, match=r"No space left on device after 100 bytes\. Free some "
+                                          r"space and run the same command again to resume"):
+        fetch_variant(VARIANT, tmp_path, base_url=server.base_url, **FAST)
+    assert part.read_bytes() == body[:100]
+    monkeypatch.undo()
+    clear_proxies(monkeypatch)
+    assert fetch_variant(VARIANT, tmp_path, base_url=server.base_url, **FAST).downloaded
+    assert server.script.requests == ["bytes=100-", "bytes=100-"]
+
+
+def test_fetch_disk_full_while_unpacking(server, tmp_path, monkeypatch):
+    server.script.body = make_archive(CHECKPOINT_FILES)
+    monkeypatch.setattr("converter.archive.shutil.copyfileobj", raise_disk_full)
+    with pytest.raises(OutputError, match=r"Failed to write .*: No space left on device .* The "
+                                          r"archive stays at .*without downloading"):
+        fetch_variant(VARIANT, tmp_path, base_url=server.base_url, **FAST)
+    archive_name = get_variant(VARIANT).archive_name
+    assert leftovers(tmp_path) == [archive_name]
+    monkeypatch.undo()
+    result = fetch_variant(VARIANT, tmp_path)
+    assert leftovers(result.path) == sorted(CHECKPOINT_FILES)
+    assert leftovers(tmp_path) == sorted([archive_name, VARIANT])
 
 
 def test_catalog_entries_downloaded(server, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import tarfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from converter.checkpoint.locate import resolve_prefix
 from converter.errors import CheckpointError, WeightsFileError
 from converter.h5_weights import read_provenance
-from converter.output_files import check_output_path
+from converter.output_files import check_output_path, format_size, no_space_error
 from converter.variants import CHECKPOINTS_ENV, checkpoints_root
 
 
@@ -78,3 +79,29 @@ def test_checkpoints_root_default(tmp_path, monkeypatch):
     assert checkpoints_root().resolve() == tmp_path / "checkpoints"
     monkeypatch.setenv(CHECKPOINTS_ENV, str(tmp_path / "elsewhere"))
     assert checkpoints_root() == tmp_path / "elsewhere"
+
+
+def test_disk_full_found_behind_close_error():
+    # h5py raises a RuntimeError while closing a file whose write failed for lack of space.
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "file write failed")
+        except OSError:
+            raise RuntimeError("Disable slist on flush dest failure failed")
+    except RuntimeError as error:
+        found = no_space_error(error)
+    assert found is not None
+    assert found.errno == errno.ENOSPC
+
+
+def test_other_write_errors_not_disk_full():
+    assert no_space_error(OSError(errno.EIO, "I/O error")) is None
+    assert no_space_error(RuntimeError("no cause")) is None
+
+
+@pytest.mark.parametrize("num_bytes, text", [(100, "100 bytes"), (20_480, "20.0 KiB"),
+                                             (152 * 2**20, "152.0 MiB"),
+                                             (9 * 2**30, "9,216.0 MiB"),
+                                             (15 * 2**30, "15.0 GiB")])
+def test_format_size(num_bytes, text):
+    assert format_size(num_bytes) == text
