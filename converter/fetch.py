@@ -206,6 +206,9 @@ def _download_and_unpack(variant: Variant, url: str, root: Path, target: Path, *
 
     if downloaded and not keep_archive:
         archive.unlink()
+    elif not downloaded:
+        logger.info("Kept %s (%s), which was there before this run; delete it if it is no "
+                    "longer needed.", archive, format_size(archive.stat().st_size))
 
 
 def _missing_folders(folder: Path) -> list[Path]:

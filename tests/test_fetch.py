@@ -605,7 +605,7 @@ def test_fetch_disk_full_keeps_part(server, tmp_path, monkeypatch):
     assert server.script.requests == ["bytes=100-", "bytes=100-"]
 
 
-def test_fetch_disk_full_while_unpacking(server, tmp_path, monkeypatch):
+def test_fetch_disk_full_while_unpacking(server, tmp_path, monkeypatch, caplog):
     server.script.body = make_archive(CHECKPOINT_FILES)
     monkeypatch.setattr("converter.archive.shutil.copyfileobj", raise_disk_full)
     with pytest.raises(OutputError, match=r"Failed to write .*: No space left on device .* The "
@@ -614,9 +614,11 @@ def test_fetch_disk_full_while_unpacking(server, tmp_path, monkeypatch):
     archive_name = get_variant(VARIANT).archive_name
     assert leftovers(tmp_path) == [archive_name]
     monkeypatch.undo()
-    result = fetch_variant(VARIANT, tmp_path)
+    with caplog.at_level(logging.INFO, logger="converter.fetch"):
+        result = fetch_variant(VARIANT, tmp_path)
     assert leftovers(result.path) == sorted(CHECKPOINT_FILES)
     assert leftovers(tmp_path) == sorted([archive_name, VARIANT])
+    assert f"Kept {tmp_path / archive_name} (" in caplog.text
 
 
 def test_catalog_entries_downloaded(server, tmp_path):
