@@ -2,8 +2,8 @@
 
 `EvalResult` contains the integer counts behind top-1/top-5 and returns the flat result
 row. `write_result_file` writes that row as JSON or CSV, and `write_predictions_file` writes
-one CSV row per image. `official_top1_for` returns the published top-1 that a run is
-comparable with.
+one CSV row per image. `not_comparable_reason` returns why a run's top-1 cannot be set
+beside the published one, or None when it can.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from converter import imagenet_classes
 from converter.errors import OutputError
 from converter.eval_data import EvalSet, read_record_filenames
 from converter.output_files import atomic_output
-from converter.variants import Variant
+from converter.variants import CROP_PADDING, Variant
 
 RESULT_SUFFIXES = (".json", ".csv")
 # The size of the ILSVRC2012 validation set that the official top-1 numbers refer to.
@@ -85,19 +85,31 @@ class EvalResult:
         return row
 
 
-def official_top1_for(variant: Variant | None, image_size: int, num_images: int,
-                      num_skipped: int) -> float | None:
-    """Return the published top-1 to compare with, or None when the run is not comparable.
+def not_comparable_reason(variant: Variant | None, *, image_size: int, weights: str,
+                          num_images: int, num_skipped: int = 0,
+                          crop_padding: int = CROP_PADDING) -> str | None:
+    """Return why a top-1 cannot be set beside the published one, or None when it can.
 
-    Comparable means an official variant at its own image size on all 50,000 ILSVRC2012
-    validation images, none skipped.
+    The published top-1 of each variant was measured with the EMA weights at the variant's
+    own image size, with the release's crop padding, on all 50,000 ILSVRC2012 validation
+    images.
     """
-    if variant is None or variant.image_size != image_size:
-        return None
-    if num_images != OFFICIAL_EVAL_IMAGES or num_skipped:
-        return None
-    return variant.official_top1
-
+    if variant is None:
+        return "no official variant has this depth and image size"
+    if variant.image_size != image_size:
+        return f"the image size is {image_size}, not the official {variant.image_size}"
+    if weights != "ema":
+        return f"the weights are {weights}, and the official top-1 used the EMA weights"
+    if crop_padding != CROP_PADDING:
+        return f"the crop padding is {crop_padding}, not the official {CROP_PADDING}"
+    if num_images != OFFICIAL_EVAL_IMAGES:
+        return (f"{num_images:,} images were evaluated, not all {OFFICIAL_EVAL_IMAGES:,} "
+                "ILSVRC2012 validation images")
+    if num_skipped == 1:
+        return "1 image was skipped"
+    if num_skipped:
+        return f"{num_skipped:,} images were skipped"
+    return None
 
 
 def write_result_file(result: EvalResult, path: str | Path, overwrite: bool = False) -> None:

@@ -32,11 +32,12 @@ from converter.checkpoint.variables import WEIGHT_CHOICES
 from converter.errors import DataError, OutputError, RsconvertError, WeightsFileError
 from converter.eval_data import EvalSet, check_labels, open_eval_data
 from converter.eval_progress import EvalProgress, progress_display
-from converter.eval_results import (RESULT_SUFFIXES, TOP_K, EvalResult, official_top1_for,
+from converter.eval_results import (RESULT_SUFFIXES, TOP_K, EvalResult, not_comparable_reason,
                                     write_predictions_file, write_result_file)
 from converter.h5_weights import recorded_image_size
 from converter.output_files import check_output_path
-from converter.variants import Variant, apply_variant, downloaded_checkpoint, find_variant
+from converter.variants import (CROP_PADDING, Variant, apply_variant, downloaded_checkpoint,
+                                find_variant)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
              weights_file: str | Path | None = None, checkpoint: str | Path | None = None,
              variant: str | None = None, depth: int | None = None,
              labels_file: str | Path | None = None, batch_size: int = 64,
-             limit: int | None = None, precision: str = "float32", crop_padding: int = 32,
+             limit: int | None = None, precision: str = "float32", crop_padding: int = CROP_PADDING,
              weights: str | None = None, skip_bad_images: bool = False,
              results_file: str | Path | None = None,
              predictions_file: str | Path | None = None, overwrite: bool = False,
@@ -431,6 +432,12 @@ def _make_result(eval_set: EvalSet, counts: _Counts, info: _ModelInfo,
                  variant: Variant | None, image_size: int, precision: str,
                  crop_padding: int) -> EvalResult:
     variant = variant or find_variant(info.depth, image_size)
+    reason = not_comparable_reason(variant, image_size=image_size, weights=info.weights,
+                                   num_images=counts.counted, num_skipped=counts.skipped,
+                                   crop_padding=crop_padding)
+    if variant is not None and reason is not None:
+        logger.info("Not compared with the official top-1 of %s (%.1f%%): %s.", variant.name,
+                    variant.official_top1, reason)
     return EvalResult(
         model=variant.name if variant is not None else f"resnet-rs-{info.depth}",
         depth=info.depth, image_size=image_size, weights=info.weights, precision=precision,
@@ -438,6 +445,5 @@ def _make_result(eval_set: EvalSet, counts: _Counts, info: _ModelInfo,
         top1_correct=counts.top1_correct, top5_correct=counts.top5_correct,
         num_skipped=counts.skipped, param_count=info.param_count,
         images_per_second=counts.throughput,
-        official_top1=official_top1_for(variant, image_size, counts.counted,
-                                        counts.skipped),
+        official_top1=variant.official_top1 if reason is None else None,
         skipped_images=tuple(eval_set.image_name(i) for i in counts.skipped_ids))

@@ -30,15 +30,13 @@ import tensorflow as tf
 
 from converter.arguments import require_crop_padding
 from converter.errors import DataError, RsconvertError
+from converter.variants import CROP_PADDING
 
 logger = logging.getLogger(__name__)
 
 # Per-channel RGB mean and standard deviation of ImageNet on the 0..1 scale.
 MEAN_RGB = (0.485, 0.456, 0.406)
 STDDEV_RGB = (0.229, 0.224, 0.225)
-# The eval crop of the ResNet-RS release: the crop is image_size / (image_size + 32) of
-# the short side, so 0.833 at 160 px and 0.875 at 224 px.
-CROP_PADDING = 32
 
 # The original code multiplied on the 0..255 scale in Python doubles, then made float32
 # constants of the products; the same rounding keeps outputs bit-identical.

@@ -18,15 +18,16 @@ import dataclasses
 import io
 import json
 import logging
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from converter import __version__
 from converter.errors import OutputError, RsconvertError
-from converter.eval_results import OFFICIAL_EVAL_IMAGES
+from converter.eval_results import not_comparable_reason
 from converter.output_files import atomic_output
-from converter.variants import VARIANTS, Variant, get_variant
+from converter.variants import VARIANTS, Variant, find_variant, get_variant
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +36,21 @@ CSV_NAME = "results.csv"
 MARKDOWN_NAME = "results.md"
 PLOT_NAME = "top1.png"
 DEFAULT_BATCH_SIZE = 32
-CSV_FIELDS = ("variant", "depth", "image_size", "official_top1", "top1", "top5", "top1_diff",
-              "images", "limit", "parity_max_rel_diff", "error")
+CSV_FIELDS = ("variant", "depth", "image_size", "weights", "official_top1", "top1", "top5",
+              "top1_diff", "images", "limit", "parity_max_rel_diff", "error")
+# Decimals of the percentages in results.csv, as in eval's result row.
+PERCENT_DECIMALS = 4
 
 
 class StepError(RsconvertError):
-    """A step of the table reproduction failed for at least one variant."""
+    """A step of the table reproduction failed for at least one variant.
+
+    `result` contains the rows and the files written, failed rows included.
+    """
+
+    def __init__(self, message: str, result: TableResult):
+        super().__init__(message)
+        self.result = result
 
 
 class ParityFailure(RsconvertError):
@@ -89,6 +99,7 @@ class TableRow:
     depth: int
     image_size: int
     official_top1: float
+    weights: str = "ema"
     top1: float | None = None
     top5: float | None = None
     images: int | None = None
@@ -99,9 +110,18 @@ class TableRow:
     error: str | None = None
 
     @property
+    def not_comparable_reason(self) -> str | None:
+        """Why this top-1 cannot be set beside the official one; None when it can or is missing."""
+        if self.top1 is None:
+            return None
+        return not_comparable_reason(find_variant(self.depth, self.image_size),
+                                     image_size=self.image_size, weights=self.weights,
+                                     num_images=self.images)
+
+    @property
     def comparable(self) -> bool:
-        """Whether top-1 was counted over all 50,000 images, as the official one was."""
-        return self.top1 is not None and self.images == OFFICIAL_EVAL_IMAGES
+        """Whether top-1 was measured as the official one was (EMA weights, all 50,000 images)."""
+        return self.top1 is not None and self.not_comparable_reason is None
 
     @property
     def top1_diff(self) -> float | None:
@@ -113,6 +133,9 @@ class TableRow:
     def to_csv_dict(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
         row["top1_diff"] = self.top1_diff
+        for field in ("top1", "top5", "top1_diff"):
+            if row[field] is not None:
+                row[field] = round(row[field], PERCENT_DECIMALS)
         return {field: "" if row[field] is None else row[field] for field in CSV_FIELDS}
 
 
@@ -164,13 +187,14 @@ def run_table(variants: Sequence[Variant], config: TableConfig,
         saved = ("The rows that finished are in" if len(result.failed) < len(rows)
                  else "The errors are also in")
         raise StepError(f"{len(result.failed)} of {len(rows)} variants failed. {listed} "
-                        f"{saved} {result.csv_path}; run the same command again to retry.")
+                        f"{saved} {result.csv_path}; run the same command again to retry.",
+                        result)
     return result
 
 
 def _run_variant(variant: Variant, config: TableConfig, steps: Steps) -> TableRow:
     row = TableRow(variant.name, variant.depth, variant.image_size, variant.official_top1,
-                   limit=config.limit)
+                   weights=config.weights, limit=config.limit)
     runner = _StepRunner(variant, Path(config.output_dir) / variant.name)
     try:
         fetched = runner.run("fetch", {"base_url": config.base_url,
@@ -318,16 +342,24 @@ def format_markdown(rows: Sequence[TableRow]) -> str:
         listed = ", ".join(str(limit) for limit in limits)
         remarks.append(f"This run was limited to the first {listed} images of the data per "
                        "variant.")
-    if any(row.top1 is not None and not row.comparable for row in rows):
-        remarks.append("Top 1 diff is left empty where fewer than all 50,000 ILSVRC2012 "
-                       "validation images were evaluated, because the official top-1 is over "
-                       "all of them.")
+    weights = sorted({row.weights for row in rows if row.top1 is not None})
+    if weights:
+        remarks.append(f"Weights: {', '.join(weights)}.")
+    reasons = _unique(row.not_comparable_reason for row in rows)
+    if reasons:
+        remarks.append("Top 1 diff is left empty where the run differs from the official "
+                       f"eval: {'; '.join(reasons)}.")
     if remarks:
         lines += ["", *remarks]
     notes = [f"- {row.variant}: {row.error}" for row in rows if row.error]
     if notes:
         lines += ["", "Failed:", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _unique(texts) -> list[str]:
+    """Return the texts that are not None, first occurrences only, in order."""
+    return list(dict.fromkeys(text for text in texts if text is not None))
 
 
 def _percent(value: float | None) -> str:
@@ -343,9 +375,10 @@ def _diff_cell(row: TableRow) -> str:
 def plot_top1(rows: Sequence[TableRow], path: Path) -> Path | None:
     """Plot this run's top-1 against the official top-1 into a PNG and return its path.
 
-    Rows evaluated on fewer than all 50,000 validation images are not comparable with the
-    official numbers, so when no row is, this run's top-1 is plotted alone. Returns None, with a logged notice, when matplotlib (the
-    `plot` extra) is missing or no row has a top-1.
+    Only comparable rows (EMA weights, all 50,000 validation images) are plotted against
+    the official numbers. When no row is comparable, this run's top-1 is plotted alone with
+    the reason in the title. Returns None, with a logged notice, when matplotlib (the `plot`
+    extra) is missing or no row has a top-1.
     """
     points = [row for row in rows if row.top1 is not None]
     if not points:
@@ -403,10 +436,13 @@ def _comparison_figure(figure_class, points: Sequence[TableRow]):
 
 def _uncompared_figure(figure_class, points: Sequence[TableRow]):
     counts = ", ".join(str(count) for count in sorted({row.images for row in points}))
+    weights = ", ".join(sorted({row.weights for row in points}))
+    reasons = "; ".join(_unique(row.not_comparable_reason for row in points))
     figure = figure_class(figsize=(7, 5), layout="constrained")
     axes = figure.subplots()
-    figure.suptitle(f"ResNet-RS ImageNet top-1 on {counts} images\n"
-                    "(fewer than the official 50,000, so not compared)")
+    title = f"ResNet-RS ImageNet top-1 on {counts} images, {weights} weights"
+    note = textwrap.fill(f"Not compared with the official top-1: {reasons}.", width=70)
+    figure.suptitle(f"{title}\n{note}", fontsize=10)
     axes.barh([f"{row.depth}-i{row.image_size}" for row in points],
               [row.top1 for row in points])
     axes.invert_yaxis()

@@ -18,6 +18,9 @@ CHECKPOINTS_ENV = "RSCONVERT_CHECKPOINTS"
 DEFAULT_CHECKPOINTS_DIR = Path("checkpoints")
 PROVENANCE = ("tensorflow/tpu models/official/resnet/resnet_rs/README.md, "
               "ImageNet top-1 of the released checkpoints (Bello et al. 2021)")
+# The eval crop of the ResNet-RS release: the crop is image_size / (image_size + 32) of
+# the short side, so 0.833 at 160 px and 0.875 at 224 px.
+CROP_PADDING = 32
 
 
 @dataclasses.dataclass(frozen=True)

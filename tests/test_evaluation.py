@@ -20,7 +20,7 @@ from converter import imagenet_classes
 from converter.errors import (DataError, MappingError, OutputError, RsconvertError,
                               WeightsFileError)
 from converter.eval_progress import EvalProgress
-from converter.eval_results import EvalResult, official_top1_for
+from converter.eval_results import EvalResult, not_comparable_reason
 from converter.evaluation import evaluate
 from converter.variants import get_variant
 from test_eval_data import jpeg_bytes, make_synset_folder, write_raw_records
@@ -434,13 +434,31 @@ def test_variant_without_checkpoint(tmp_path, monkeypatch):
 # Results
 
 
-def test_official_top1_only_for_full_set():
+OFFICIAL_RUN = dict(image_size=160, weights="ema", num_images=50_000, num_skipped=0,
+                    crop_padding=32)
+
+
+def test_official_run_comparable():
+    assert not_comparable_reason(get_variant("resnet-rs-50-i160"), **OFFICIAL_RUN) is None
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(num_images=49_999),
+     "49,999 images were evaluated, not all 50,000 ILSVRC2012 validation images"),
+    (dict(num_skipped=1), "1 image was skipped"),
+    (dict(num_skipped=2), "2 images were skipped"),
+    (dict(image_size=192), "the image size is 192, not the official 160"),
+    (dict(weights="raw"), "the weights are raw, and the official top-1 used the EMA weights"),
+    (dict(crop_padding=0), "the crop padding is 0, not the official 32"),
+])
+def test_official_top1_not_comparable(change, reason):
     variant = get_variant("resnet-rs-50-i160")
-    assert official_top1_for(variant, 160, 50_000, 0) == 78.8
-    assert official_top1_for(variant, 160, 49_999, 0) is None
-    assert official_top1_for(variant, 160, 50_000, 1) is None
-    assert official_top1_for(variant, 192, 50_000, 0) is None
-    assert official_top1_for(None, 160, 50_000, 0) is None
+    assert not_comparable_reason(variant, **{**OFFICIAL_RUN, **change}) == reason
+
+
+def test_unofficial_variant_not_comparable():
+    assert not_comparable_reason(None, **OFFICIAL_RUN) == ("no official variant has this depth "
+                                                           "and image size")
 
 
 def test_result_row_official_fields():

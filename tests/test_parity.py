@@ -118,6 +118,9 @@ def test_bfloat16_reports_gap(golden_checkpoint, golden_h5):
     for comparison in report.stages:
         assert comparison.precision_gap > 0, comparison.stage
         assert comparison.tolerance == pytest.approx(comparison.precision_gap + BFLOAT16_MARGIN)
+    # The summary line and the logits row of the table give the same gap.
+    assert gap.max_rel_diff == report.stages[-1].precision_gap
+    assert "of the bfloat16 original's max |logit|" in report.format_table()
 
 
 def test_bfloat16_still_fails_damage(golden_checkpoint, golden_h5, tmp_path):

@@ -149,9 +149,10 @@ def test_run_table_csv(tmp_path):
     assert [row["variant"] for row in rows] == TWO
     assert rows[0]["depth"] == "50"
     assert rows[0]["image_size"] == "160"
+    assert rows[0]["weights"] == "ema"
     assert float(rows[0]["official_top1"]) == 78.8
-    assert float(rows[0]["top1"]) == pytest.approx(78.55)
-    assert float(rows[0]["top1_diff"]) == pytest.approx(-0.25)
+    assert rows[0]["top1"] == "78.55"
+    assert rows[0]["top1_diff"] == "-0.25"
     assert rows[0]["images"] == "50000"
     assert rows[0]["limit"] == ""
     assert rows[0]["error"] == ""
@@ -175,7 +176,9 @@ def test_limited_run_markdown(tmp_path):
     assert lines[4] == ""
     assert "counted over 64 evaluation images" in lines[5]
     assert lines[6] == "This run was limited to the first 64 images of the data per variant."
-    assert lines[7].startswith("Top 1 diff is left empty where fewer than all 50,000")
+    assert lines[7] == "Weights: ema."
+    assert lines[8] == ("Top 1 diff is left empty where the run differs from the official eval: "
+                        "64 images were evaluated, not all 50,000 ILSVRC2012 validation images.")
 
 
 def test_small_data_not_compared(tmp_path):
@@ -189,7 +192,34 @@ def test_small_data_not_compared(tmp_path):
     assert not result.rows[0].comparable
     assert lines[2] == "| 50 | 160 | 78.8 | 78.55 | 96.50 |  |"
     assert "counted over 24 evaluation images" in lines[5]
-    assert lines[6].startswith("Top 1 diff is left empty where fewer than all 50,000")
+    assert lines[6] == "Weights: ema."
+    assert lines[7].startswith("Top 1 diff is left empty where the run differs from the "
+                               "official eval: 24 images were evaluated, not all 50,000")
+
+
+def test_raw_weights_not_compared(tmp_path):
+    result = run(tmp_path, FakeSteps(tmp_path), weights="raw")
+    rows = list(csv.DictReader(io.StringIO(result.csv_path.read_text())))
+    assert rows[0]["weights"] == "raw"
+    assert rows[0]["images"] == "50000"
+    assert rows[0]["top1_diff"] == ""
+    assert not result.rows[0].comparable
+    text = result.markdown_path.read_text()
+    assert "| 50 | 160 | 78.8 | 78.55 | 96.50 |  |" in text
+    assert "Weights: raw." in text
+    assert ("differs from the official eval: the weights are raw, and the official top-1 used "
+            "the EMA weights.") in text
+
+
+def test_csv_percentages_rounded(tmp_path):
+    class ThirdCorrect(FakeSteps):
+        def evaluate(self, variant, weights_file, config):
+            return {"top1": 100 / 3, "top5": 200 / 3, "images": 24}
+
+    result = run(tmp_path, ThirdCorrect(tmp_path))
+    rows = list(csv.DictReader(io.StringIO(result.csv_path.read_text())))
+    assert rows[0]["top1"] == "33.3333"
+    assert rows[0]["top5"] == "66.6667"
 
 
 def test_all_failed_markdown_and_error(tmp_path):
@@ -309,6 +339,23 @@ def test_table_command(tmp_path, monkeypatch):
     assert "| 152 | 224 | 82.2 | 82.30 | 96.50 |  |" in result.output
     assert "limited to the first 32 images" in result.output
     assert fake.calls[-1] == ("eval", "resnet-rs-152-i224")
+
+
+def test_table_command_failed_variant(tmp_path, monkeypatch):
+    from converter.cli import cli
+    import converter.table
+
+    fake = FakeSteps(tmp_path, fail={"resnet-rs-152-i224": "fetch"})
+    monkeypatch.setattr(converter.table, "default_steps", fake.steps)
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(cli, [
+        "table", "--data", str(tmp_path / "data"), "--variants", ",".join(TWO),
+        "--limit", "32", "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "| 50 | 160 | 78.8 | 78.55 | 96.50 |  |" in result.stdout
+    assert "| 152 | 224 | 82.2 | n/a | n/a | n/a |" in result.stdout
+    assert result.stderr.startswith("Error: 1 of 2 variants failed. resnet-rs-152-i224: fetch "
+                                    "step: fake fetch failure.")
 
 
 @pytest.mark.parametrize("option", ["--labels", "--labels-file"])

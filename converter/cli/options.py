@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 from converter.errors import RsconvertError
-from converter.variants import apply_variant, downloaded_checkpoint
+
+# Exit status when a command ran to the end but its result failed: a parity stage beyond
+# tolerance, or a table variant whose step failed. Bad input exits with 2.
+EXIT_CHECK_FAILED = 1
+from converter.variants import CROP_PADDING, apply_variant, downloaded_checkpoint
 
 
 def variant_option(function):
@@ -40,7 +44,7 @@ def weights_choice_option(default: str | None = "ema", default_help: str = ""):
 
 def crop_padding_option(function):
     return click.option(
-        "--crop-padding", type=int, default=32,
+        "--crop-padding", type=int, default=CROP_PADDING, show_default=True,
         help="Pixels of padding in the center crop: the crop side is image_size / (image_size "
              "+ padding) times the short side of the image, as in the release eval.")(function)
 

@@ -6,13 +6,10 @@ import sys
 
 import click
 
-from converter.cli.options import (checkpoint_option, crop_padding_option, depth_option,
-                                   overwrite_option, resolve_checkpoint, variant_option,
-                                   weights_choice_option)
+from converter.cli.options import (EXIT_CHECK_FAILED, checkpoint_option, crop_padding_option,
+                                   depth_option, overwrite_option, resolve_checkpoint,
+                                   variant_option, weights_choice_option)
 from converter.cli.tensorflow_import import import_tensorflow_quietly
-
-# Exit status when the check ran but a stage is beyond tolerance (bad input exits with 2).
-EXIT_PARITY_FAILED = 1
 
 
 @click.command("parity-check")
@@ -64,4 +61,4 @@ def command(checkpoint, weights_file, variant, depth, image_size, image_option, 
         json_path=json_path, overwrite=overwrite)
     click.echo(report.format_table())
     if not report.passed:
-        sys.exit(EXIT_PARITY_FAILED)
+        sys.exit(EXIT_CHECK_FAILED)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from converter.cli.options import weights_choice_option
+from converter.cli.options import EXIT_CHECK_FAILED, weights_choice_option
 from converter.cli.tensorflow_import import import_tensorflow_quietly
-from converter.table import DEFAULT_BATCH_SIZE, TableConfig, run_table, select_variants
+from converter.table import (DEFAULT_BATCH_SIZE, StepError, TableConfig, run_table,
+                             select_variants)
 from converter.variants import BASE_URL_ENV, CHECKPOINTS_ENV, DEFAULT_BASE_URL
 
 
@@ -42,12 +44,18 @@ def command(data: Path, labels_file: Path | None, variants: str | None, limit: i
     """Fetch, convert, parity-check and evaluate each variant, then write the table.
 
     Finished steps are skipped, so an interrupted run continues where it stopped. Prints
-    the Markdown table on stdout.
+    the Markdown table on stdout, and exits with 1 when a variant failed.
     """
     import_tensorflow_quietly()
     config = TableConfig(output_dir=output_dir, data=data, labels_file=labels_file, limit=limit,
                          batch_size=batch_size, checkpoints_dir=checkpoints_dir,
                          base_url=base_url, weights=weights)
     names = variants.split(",") if variants is not None else None
-    result = run_table(select_variants(names), config)
+    try:
+        result = run_table(select_variants(names), config)
+    except StepError as error:
+        # The table of the variants that finished is printed all the same.
+        click.echo(error.result.markdown_path.read_text(), nl=False)
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_CHECK_FAILED)
     click.echo(result.markdown_path.read_text(), nl=False)
