@@ -39,6 +39,9 @@ def check_output_path(output: str | Path, overwrite: bool) -> Path:
 
     Returns the path with a leading ~ expanded, which a shell leaves alone in --output=~/x.
     """
+    if str(output) == "-":
+        raise OutputError("Output path '-' would create a file named '-': rsconvert does not "
+                          "write these files to standard output. Give a file name.")
     path = Path(output).expanduser()
     if path.is_dir():
         raise OutputError(f"Output path {path} is a directory; give a file name such as "

@@ -10,7 +10,7 @@ import h5py
 import pytest
 
 from converter.checkpoint.locate import resolve_prefix
-from converter.errors import CheckpointError, WeightsFileError
+from converter.errors import CheckpointError, OutputError, WeightsFileError
 from converter.h5_weights import read_provenance
 from converter.output_files import check_output_path, format_size, no_space_error
 from converter.variants import CHECKPOINTS_ENV, checkpoints_root
@@ -57,6 +57,13 @@ def test_checkpoint_tilde_expanded(tmp_path, monkeypatch):
 def test_output_tilde_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert check_output_path("~/model.h5", overwrite=False) == tmp_path / "model.h5"
+
+
+def test_dash_output_rejected(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match=r"Output path '-' would create a file named '-'"):
+        check_output_path("-", overwrite=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_weights_file_directory(tmp_path):
