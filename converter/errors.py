@@ -25,5 +25,9 @@ class OutputError(RsconvertError):
     """The output path cannot be written."""
 
 
+class DiskFullError(OutputError):
+    """A write ran out of disk space or quota; the partial output was removed."""
+
+
 class DataError(RsconvertError):
     """Evaluation data is missing, malformed or has labels out of range."""

@@ -21,6 +21,7 @@ import functools
 import io
 import logging
 import os
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ from converter.errors import DataError
 logger = logging.getLogger(__name__)
 
 TFRECORD_PATTERN = "validation-*"
+# imagenet_to_gcs.py names shards validation-00000-of-00128.
+_SHARD_NAME = re.compile(r"(?P<stem>.+)-(?P<index>\d+)-of-(?P<total>\d+)")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 # Class index carried for a TFRecord example without `image/class/label`.
 MISSING_LABEL = -(2 ** 63)
@@ -127,8 +130,13 @@ def open_eval_data(path: str | Path, labels_file: str | Path | None = None) -> E
         raise DataError(f"Evaluation data directory {root} is empty; expected validation-* "
                         "TFRecords, per-wnid subfolders or ILSVRC2012_val_*.JPEG images.")
 
+    broken = sorted(p.name for p in root.glob(TFRECORD_PATTERN) if _is_broken_link(p))
+    if broken:
+        raise DataError(f"{len(broken)} TFRecord shard(s) in {root} are symbolic links to "
+                        f"missing files: {_listing(broken)}.")
     shards = sorted(p for p in root.glob(TFRECORD_PATTERN) if p.is_file())
     if shards:
+        _warn_missing_shards(root, shards)
         _reject_labels_file(labels_file, root, "TFRecords carry their own labels")
         return _open_tfrecords(root, shards)
 
@@ -137,7 +145,7 @@ def open_eval_data(path: str | Path, labels_file: str | Path | None = None) -> E
         _reject_labels_file(labels_file, root, "the subfolder names are the labels")
         return _open_synset_folders(root, subfolders)
 
-    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    images = [p for p in entries if _is_image_entry(p)]
     if not images:
         raise DataError(
             f"Evaluation data directory {root} contains no images (no validation-* "
@@ -149,6 +157,43 @@ def open_eval_data(path: str | Path, labels_file: str | Path | None = None) -> E
             "or file<TAB>label lines with labels 1..1000).")
     labels = read_labels_file(labels_file, [p.name for p in images])
     return EvalSet("folder", root, tuple(images), labels=tuple(labels))
+
+
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def _is_image_entry(path: Path) -> bool:
+    """Return whether `path` is an image by name: a file, or a link to a missing file.
+
+    Broken links are kept, so that reading them fails with their name like any unreadable
+    image instead of shrinking the evaluation set without a word.
+    """
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return False
+    return path.is_file() or _is_broken_link(path)
+
+
+def _warn_missing_shards(root: Path, shards: list[Path]) -> None:
+    """Log a warning when shards named NAME-IIIII-of-NNNNN do not include every index.
+
+    Only a warning: a few shards of the 128 make a quick smoke run, whose top-1 is then
+    not compared with the official one anyway (fewer than 50,000 images).
+    """
+    expected: dict[tuple[str, int], set[int]] = {}
+    for shard in shards:
+        match = _SHARD_NAME.fullmatch(shard.name)
+        if match is None:
+            continue
+        total = int(match["total"])
+        expected.setdefault((match["stem"], total), set()).add(int(match["index"]))
+    missing = [f"{stem}-{index:05d}-of-{total:05d}"
+               for (stem, total), indices in sorted(expected.items())
+               for index in range(total) if index not in indices]
+    if missing:
+        logger.warning("Warning: %d TFRecord shard(s) named by the others are missing from %s: "
+                       "%s. Evaluating only the %d shard(s) present.", len(missing), root,
+                       _listing(missing), len(shards))
 
 
 def _reject_labels_file(labels_file, root: Path, reason: str) -> None:
@@ -168,7 +213,7 @@ def _open_synset_folders(root: Path, subfolders: list[Path]) -> EvalSet:
     for folder in subfolders:
         index = imagenet_classes.class_index(folder.name)
         for image in sorted(folder.iterdir()):
-            if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES:
+            if _is_image_entry(image):
                 files.append(image)
                 labels.append(index)
     if not files:
@@ -468,8 +513,9 @@ def make_dataset(eval_set: EvalSet, image_size: int, batch_size: int,
         sources = _record_sources(eval_set)
         load = tf.identity
     else:
+        # File names as bytes, so that names which are not valid UTF-8 still open.
         sources = tf.data.Dataset.from_tensor_slices((
-            [str(p) for p in eval_set.files],
+            [os.fsencode(p) for p in eval_set.files],
             np.asarray(eval_set.labels, dtype=np.int64),
             np.arange(eval_set.num_images, dtype=np.int64)))
         load = tf.io.read_file
@@ -507,7 +553,7 @@ def _record_sources(eval_set: EvalSet):
     """Return a dataset of (serialized image bytes, class index, image id) from the shards."""
     import tensorflow as tf
 
-    files = tf.constant([str(p) for p in eval_set.files])
+    files = tf.constant([os.fsencode(p) for p in eval_set.files])
     offsets = tf.constant(eval_set.shard_offsets, dtype=tf.int64)
     features = {
         "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=""),

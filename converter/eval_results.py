@@ -158,7 +158,9 @@ def write_predictions_file(eval_set: EvalSet, parts, path: Path, num_images: int
         filenames = read_record_filenames(eval_set, num_images)
     wnids = imagenet_classes.wnids()
     with atomic_output(path, overwrite=overwrite) as temp:
-        with open(temp, "w", newline="", encoding="utf-8") as handle:
+        # A file name that is not valid UTF-8 is written with \x escapes.
+        with open(temp, "w", newline="", encoding="utf-8",
+                  errors="backslashreplace") as handle:
             writer = csv.writer(handle)
             writer.writerow(PREDICTION_COLUMNS)
             for index in order:

@@ -15,6 +15,7 @@ With several GPUs (or logical CPU devices) the forward pass runs under
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -127,11 +128,16 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
 
     result = _make_result(eval_set, counts, info, known_variant, image_size, precision,
                           crop_padding)
-    if outputs["results"] is not None:
-        write_result_file(result, outputs["results"], overwrite)
-    if outputs["predictions"] is not None:
-        write_predictions_file(eval_set, counts.predictions, outputs["predictions"],
-                               expected, overwrite)
+    try:
+        if outputs["results"] is not None:
+            write_result_file(result, outputs["results"], overwrite)
+        if outputs["predictions"] is not None:
+            write_predictions_file(eval_set, counts.predictions, outputs["predictions"],
+                                   expected, overwrite)
+    except RsconvertError as error:
+        # The run may have taken hours; its result row is kept in the message.
+        raise type(error)(f"{error} The evaluation itself finished: "
+                          f"{json.dumps(result.row())}") from None
     return result
 
 

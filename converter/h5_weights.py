@@ -15,6 +15,7 @@ An attribute larger than HDF5's 64 KiB object-header limit is split into `name0`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -73,7 +74,7 @@ def write_weights(path: Path, layers, read_weight, attributes: dict, progress=No
         f.attrs["backend"] = b"tensorflow"
         f.attrs["keras_version"] = KERAS_LAYOUT_VERSION.encode()
         for key, value in attributes.items():
-            f.attrs[key] = value
+            f.attrs[key] = _attribute_value(value)
         for layer in layers:
             group = f.create_group(layer.name)
             weight_names = [f"{layer.name}/{w.keras_name}:0" for w in layer.weights]
@@ -89,6 +90,16 @@ def write_weights(path: Path, layers, read_weight, attributes: dict, progress=No
                 inner.create_dataset(f"{weight.keras_name}:0", data=array)
             if progress is not None:
                 progress(layer)
+
+
+def _attribute_value(value):
+    """Return `value` as HDF5 can store it: a path that is not valid UTF-8 becomes bytes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return os.fsencode(value)
+    return value
 
 
 def _open_weights_file(path: str | Path) -> h5py.File:
@@ -118,7 +129,7 @@ def read_provenance(path: str | Path) -> dict:
     for key in PROVENANCE_KEYS:
         value = attrs.get(key)
         if isinstance(value, bytes):
-            value = value.decode("utf-8")
+            value = os.fsdecode(value)
         elif isinstance(value, np.generic):
             value = value.item()
         provenance[key] = value

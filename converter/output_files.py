@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from converter.errors import OutputError
+from converter.errors import DiskFullError, OutputError
 
 # Errors that only a write can raise: the file system or the user's quota is full.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -37,12 +37,16 @@ def default_directory_mode() -> int:
 def check_output_path(output: str | Path, overwrite: bool) -> Path:
     """Fail early, before any work, when `output` cannot or must not be written.
 
-    Returns the path with a leading ~ expanded, which a shell leaves alone in --output=~/x.
+    Returns the path with a leading ~ expanded, which a shell leaves alone in --output=~/x,
+    and a symbolic link to a file replaced by the file it points to.
     """
     if str(output) == "-":
         raise OutputError("Output path '-' would create a file named '-': rsconvert does not "
                           "write these files to standard output. Give a file name.")
     path = Path(output).expanduser()
+    if path.is_symlink() and not path.is_dir():
+        # Like cp, write the file the link points to; the link itself stays.
+        path = path.resolve()
     if path.is_dir():
         raise OutputError(f"Output path {path} is a directory; give a file name such as "
                           f"{path / 'model.h5'}.")
@@ -90,26 +94,31 @@ def check_free_space(directory: str | Path, needed_bytes: int, description: str)
                           "some space or choose another location.")
 
 
-def no_space_error(error: BaseException) -> OSError | None:
-    """Return the full-disk OSError that caused `error`, or None when there is none.
+def no_space_error(error: BaseException) -> int | None:
+    """Return the errno (ENOSPC or EDQUOT) of a full disk that caused `error`, else None.
 
     h5py reports a full disk as an OSError and then, while closing the file, as a
     RuntimeError raised during the first one, so the exception context is searched too.
+    TensorFlow raises its own error types, which carry the system's message but no errno.
     """
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         if isinstance(current, OSError) and current.errno in NO_SPACE_ERRNOS:
-            return current
+            return current.errno
+        if not isinstance(current, OSError):
+            for code in NO_SPACE_ERRNOS:
+                if os.strerror(code) in str(current):
+                    return code
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
 
 
-def disk_full_error(target: Path, cause: OSError) -> OutputError:
+def disk_full_error(target: Path, code: int) -> DiskFullError:
     """Return the error for a write of `target` that ran out of space; nothing was replaced."""
     directory = target.parent if str(target.parent) else Path(".")
-    return OutputError(f"Failed to write {target}: {os.strerror(cause.errno)} in {directory}. "
+    return DiskFullError(f"Failed to write {target}: {os.strerror(code)} in {directory}. "
                        "The partial output was removed and any earlier output is unchanged. "
                        "Free some space or choose another location.")
 
@@ -120,10 +129,10 @@ def translate_disk_full(target: Path) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        cause = no_space_error(error)
-        if cause is None:
+        code = no_space_error(error)
+        if code is None:
             raise
-        raise disk_full_error(target, cause) from None
+        raise disk_full_error(target, code) from None
 
 
 @contextlib.contextmanager

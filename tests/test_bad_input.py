@@ -395,6 +395,16 @@ def test_real_full_disk_while_writing(checkpoints, small_filesystem):
     assert snapshot(small_filesystem) == before
 
 
+@pytest.mark.parametrize("name", ["model.weights.h5", "model.keras", "saved"])
+def test_real_full_disk_while_exporting(name, weights_files, small_filesystem):
+    before = snapshot(small_filesystem)
+    result = run_cli("export", "--weights-file", weights_files["rs50"], "--output",
+                     small_filesystem / name, command=AMPLE_SPACE_CLI)
+    assert_rejected(result, f"Failed to write {small_filesystem / name}",
+                    "No space left on device")
+    assert snapshot(small_filesystem) == before
+
+
 # --- parity-check and eval ------------------------------------------------------------
 
 WNID = "n01440764"  # ImageNet class index 0

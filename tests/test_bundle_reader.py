@@ -121,12 +121,29 @@ def test_resolve_directory_without_state_file(make_checkpoint):
     assert resolve_prefix(directory) == prefix
 
 
-def test_directory_with_two_checkpoints(make_checkpoint, tmp_path):
-    prefix = make_checkpoint(storage="float32")
+def test_directory_with_two_checkpoints(tmp_path):
+    # Choosing the prefix looks only at the .index file names.
     for name in ("a.ckpt", "b.ckpt"):
-        for path in Path(prefix).parent.glob("model.ckpt.*"):
-            shutil.copy(path, tmp_path / path.name.replace("model.ckpt", name))
+        (tmp_path / f"{name}.index").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"contains 2 checkpoints: .*a\.ckpt, .*b\.ckpt"):
+        resolve_prefix(tmp_path)
+
+
+@pytest.mark.parametrize("named", ["b.ckpt", "{folder}/b.ckpt"])
+def test_state_file_picks_latest(named, tmp_path):
+    for name in ("a.ckpt", "b.ckpt"):
+        (tmp_path / f"{name}.index").write_bytes(b"")
+    (tmp_path / "checkpoint").write_text(
+        f'model_checkpoint_path: "{named.format(folder=tmp_path)}"\n'
+        'all_model_checkpoint_paths: "a.ckpt"\nall_model_checkpoint_paths: "b.ckpt"\n')
+    assert resolve_prefix(tmp_path) == str(tmp_path / "b.ckpt")
+
+
+def test_state_file_naming_other_checkpoint(tmp_path):
+    for name in ("a.ckpt", "b.ckpt"):
+        (tmp_path / f"{name}.index").write_bytes(b"")
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "c.ckpt"\n')
+    with pytest.raises(CheckpointError, match=r"contains 2 checkpoints"):
         resolve_prefix(tmp_path)
 
 

@@ -374,3 +374,17 @@ def test_conversion_imports_no_tensorflow(make_checkpoint, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "heavy: []" in result.stdout
+
+
+def test_non_utf8_checkpoint_path(tmp_path):
+    import os
+    from pathlib import Path
+
+    from converter.checkpoint.synthetic import write_original_checkpoint
+
+    # TensorFlow cannot write to such a path, so the folder is renamed afterwards.
+    written = write_original_checkpoint(tmp_path / "plain", storage="bfloat16", momentum=False)
+    folder = (tmp_path / "plain").rename(tmp_path / os.fsdecode(b"latin\xe9 dir"))
+    output = tmp_path / "out.h5"
+    convert_checkpoint(folder / Path(written).name, output)
+    assert read_provenance(output)["source_checkpoint"] == str(folder / "model.ckpt")

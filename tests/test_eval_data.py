@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -379,3 +381,48 @@ def test_pipeline_unreadable_file_flagged(tmp_path):
     batches = collect(make_dataset(eval_set, IMAGE_SIZE, batch_size=2))
     assert batches["valid"].tolist() == [True, False]
 
+
+
+def test_broken_image_link_kept(tmp_path):
+    root = make_synset_folder(tmp_path / "data", {"a.JPEG": (jpeg_bytes(), 1)})
+    link = root / imagenet_classes.wnids()[0] / "gone.JPEG"
+    link.symlink_to(tmp_path / "missing.JPEG")
+    eval_set = open_eval_data(root)
+    assert [p.name for p in eval_set.files] == ["a.JPEG", "gone.JPEG"]
+    batches = collect(make_dataset(eval_set, IMAGE_SIZE, batch_size=2))
+    assert batches["valid"].tolist() == [True, False]
+
+
+def test_non_utf8_file_name_read(tmp_path):
+    name = os.fsdecode(b"caf\xe9.JPEG")
+    root = make_synset_folder(tmp_path / "data", {name: (jpeg_bytes(), 1)})
+    eval_set = open_eval_data(root)
+    batches = collect(make_dataset(eval_set, IMAGE_SIZE, batch_size=1))
+    assert batches["valid"].tolist() == [True]
+
+
+def test_missing_shards_warned(tmp_path, caplog):
+    examples = [(jpeg_bytes(seed=i), 1, f"img_{i}.JPEG") for i in range(3)]
+    paths = write_tfrecords(examples, tmp_path, num_shards=3)
+    paths[1].unlink()
+    with caplog.at_level(logging.WARNING, logger="converter.eval_data"):
+        eval_set = open_eval_data(tmp_path)
+    assert eval_set.record_counts == (1, 1)
+    assert ("1 TFRecord shard(s) named by the others are missing from "
+            f"{tmp_path}: validation-00001-of-00003.") in caplog.text
+
+
+def test_all_shards_present_no_warning(tmp_path, caplog):
+    write_tfrecords([(jpeg_bytes(), 1, "a.JPEG"), (jpeg_bytes(), 2, "b.JPEG")], tmp_path,
+                    num_shards=2)
+    with caplog.at_level(logging.WARNING, logger="converter.eval_data"):
+        open_eval_data(tmp_path)
+    assert "missing" not in caplog.text
+
+
+def test_broken_shard_link_rejected(tmp_path):
+    write_tfrecords([(jpeg_bytes(), 1, "a.JPEG")], tmp_path, num_shards=1)
+    (tmp_path / "validation-00001-of-00002").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"1 TFRecord shard\(s\) in .* are symbolic links to "
+                                        r"missing files: validation-00001-of-00002\."):
+        open_eval_data(tmp_path)

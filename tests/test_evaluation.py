@@ -434,6 +434,24 @@ def test_variant_without_checkpoint(tmp_path, monkeypatch):
 # Results
 
 
+def test_result_kept_when_results_file_fails(golden_weights, tmp_path, monkeypatch):
+    import converter.evaluation
+    from converter.errors import DiskFullError
+
+    def full_disk(result, path, overwrite):
+        raise DiskFullError(f"Failed to write {path}: No space left on device.")
+
+    monkeypatch.setattr(converter.evaluation, "write_result_file", full_disk)
+    with pytest.raises(DiskFullError) as error:
+        evaluate(golden_validation(), 160, weights_file=golden_weights, limit=4,
+                 results_file=tmp_path / "result.json")
+    message = str(error.value)
+    assert message.startswith(f"Failed to write {tmp_path / 'result.json'}: No space left")
+    row = json.loads(message.split("The evaluation itself finished: ", 1)[1])
+    assert row["num_images"] == 4
+    assert row["model"] == "resnet-rs-50-i160"
+
+
 OFFICIAL_RUN = dict(image_size=160, weights="ema", num_images=50_000, num_skipped=0,
                     crop_padding=32)
 

@@ -249,6 +249,20 @@ def test_export_disk_full(output, weights_file, tmp_path, monkeypatch):
     assert sorted(path.name for path in tmp_path.rglob("*")) == before
 
 
+def test_export_overwrite_keeps_other_folders(weights_file, tmp_path, monkeypatch):
+    folder = tmp_path / "user files"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match=r"is a folder without saved_model\.pb, so it is not "
+                                          r"a SavedModel and --overwrite would delete its files"):
+        export_model(weights_file, folder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "keep me"
+    monkeypatch.chdir(folder)
+    with pytest.raises(OutputError, match=r"Output \. is not a folder that an export can replace"):
+        export_model(weights_file, ".", overwrite=True)
+    assert sorted(path.name for path in folder.iterdir()) == ["notes.txt"]
+
+
 def test_export_command_existing_output(weights_file, tmp_path):
     output = tmp_path / "model.keras"
     output.write_bytes(b"keep me")

@@ -59,6 +59,30 @@ def test_output_tilde_expanded(tmp_path, monkeypatch):
     assert check_output_path("~/model.h5", overwrite=False) == tmp_path / "model.h5"
 
 
+def test_output_link_resolved(tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "w.h5"
+    target.write_bytes(b"old")
+    link = tmp_path / "w-link.h5"
+    link.symlink_to(target)
+    assert check_output_path(link, overwrite=True) == target
+    with pytest.raises(OutputError, match=rf"Output file {target} already exists"):
+        check_output_path(link, overwrite=False)
+
+
+def test_overwrite_through_link_keeps_link(tmp_path):
+    from converter.output_files import atomic_output
+
+    target = tmp_path / "w.h5"
+    target.write_bytes(b"old")
+    link = tmp_path / "w-link.h5"
+    link.symlink_to(target)
+    with atomic_output(link, overwrite=True) as temp:
+        temp.write_bytes(b"new")
+    assert link.is_symlink()
+    assert target.read_bytes() == b"new"
+
+
 def test_dash_output_rejected(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OutputError, match=r"Output path '-' would create a file named '-'"):
@@ -97,8 +121,13 @@ def test_disk_full_found_behind_close_error():
             raise RuntimeError("Disable slist on flush dest failure failed")
     except RuntimeError as error:
         found = no_space_error(error)
-    assert found is not None
-    assert found.errno == errno.ENOSPC
+    assert found == errno.ENOSPC
+
+
+def test_disk_full_found_in_message():
+    # TensorFlow's ResourceExhaustedError carries the system message but no errno.
+    error = RuntimeError("text_file_writer.cc: Write failed: No space left on device [Op:SaveV2]")
+    assert no_space_error(error) == errno.ENOSPC
 
 
 def test_other_write_errors_not_disk_full():

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from converter.errors import CheckpointError
 
+logger = logging.getLogger(__name__)
+
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
+# TensorFlow's CheckpointState text file, written beside the checkpoints by tf.train.Saver.
+STATE_FILE = "checkpoint"
+_LATEST = re.compile(r'^model_checkpoint_path:\s*"(?P<path>[^"]+)"', re.MULTILINE)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar", ".zip")
 
 
@@ -27,11 +33,28 @@ def _directory_hint(directory: Path) -> str:
     return " Pass the directory that holds model.ckpt.index and its .data files."
 
 
+def _state_file_prefix(directory: Path, indexes: list[Path]) -> str | None:
+    """Return the prefix that `directory/checkpoint` names, if it is one of `indexes`."""
+    state = directory / STATE_FILE
+    try:
+        text = state.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = _LATEST.search(text)
+    if match is None:
+        return None
+    named = Path(match["path"])
+    prefix = named if named.is_absolute() else directory / named
+    known = {str(index.with_suffix("")) for index in indexes}
+    return str(prefix) if str(prefix) in known else None
+
+
 def resolve_prefix(path: str | Path) -> str:
     """Return the checkpoint prefix that `path` names.
 
-    A directory must contain exactly one `.index` file; no `checkpoint` state file is
-    needed (several official archives ship without one).
+    A directory must contain exactly one `.index` file, or several and a `checkpoint` state
+    file that names one of them. The state file is not needed otherwise (several official
+    archives ship without one).
     """
     text = str(Path(path).expanduser())
     candidate = Path(text)
@@ -42,6 +65,11 @@ def resolve_prefix(path: str | Path) -> str:
                 f"No checkpoint found in directory {candidate}: it has no .index file."
                 + _directory_hint(candidate))
         if len(indexes) > 1:
+            latest = _state_file_prefix(candidate, indexes)
+            if latest is not None:
+                logger.info("%s contains %d checkpoints; using %s, which its `checkpoint` file "
+                            "names as the latest.", candidate, len(indexes), latest)
+                return latest
             prefixes = ", ".join(str(p.with_suffix("")) for p in indexes)
             raise CheckpointError(
                 f"Directory {candidate} contains {len(indexes)} checkpoints: {prefixes}. "

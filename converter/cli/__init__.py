@@ -15,7 +15,7 @@ import sys
 import click
 
 from converter import __version__
-from converter.errors import RsconvertError
+from converter.errors import DiskFullError, RsconvertError
 
 # Each module defines `command`, a click command added to the group in this order.
 COMMAND_MODULES = (
@@ -123,6 +123,15 @@ def main() -> None:
         sys.exit(error.exit_code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    except DiskFullError as error:
+        click.echo(f"Error: {error}", err=True)
+        # h5py objects of a file whose write failed crash the interpreter when they are
+        # freed at exit (seen with Keras' save_weights), so exit without that clean-up.
+        # The temporary file is already removed.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_BAD_INPUT)
     except RsconvertError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(EXIT_BAD_INPUT)
