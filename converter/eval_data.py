@@ -159,6 +159,16 @@ def open_eval_data(path: str | Path, labels_file: str | Path | None = None) -> E
     return EvalSet("folder", root, tuple(images), labels=tuple(labels))
 
 
+def _nested_data_hint(subfolders: list[Path]) -> str:
+    """Name the subfolders that look like evaluation data, for a --data one level too high."""
+    nested = [folder for folder in subfolders
+              if any(folder.glob(TFRECORD_PATTERN))
+              or any(imagenet_classes.is_imagenet_wnid(child.name) for child in folder.iterdir())]
+    if not nested:
+        return ""
+    return f" {nested[0]} contains TFRecords or wnid folders; pass it as --data instead."
+
+
 def _is_broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
@@ -207,7 +217,8 @@ def _open_synset_folders(root: Path, subfolders: list[Path]) -> EvalSet:
     if unknown:
         raise DataError(
             f"{len(unknown)} subfolder(s) of {root} are not ImageNet-1k wnids: "
-            f"{_listing(unknown)}. Expected one folder per class named like n01440764.")
+            f"{_listing(unknown)}. Expected one folder per class named like n01440764."
+            + _nested_data_hint(subfolders))
     files: list[Path] = []
     labels: list[int] = []
     for folder in subfolders:

@@ -238,8 +238,14 @@ def _load_model(weights_file, checkpoint, depth, weights, image_size, precision)
         converted = Path(directory) / "weights.h5"
         logger.info("Converting %s (%s weights) into a temporary weights file", checkpoint,
                     weights)
-        convert_checkpoint(checkpoint, converted, depth=depth, weights=weights,
-                           expected_classes=imagenet_classes.NUM_CLASSES)
+        try:
+            convert_checkpoint(checkpoint, converted, depth=depth, weights=weights,
+                               expected_classes=imagenet_classes.NUM_CLASSES)
+        except OutputError as error:
+            raise type(error)(f"{error} --checkpoint converts into a temporary folder under "
+                              f"{tempfile.gettempdir()}; set TMPDIR to a larger disk, or "
+                              "convert with `rsconvert ckpt-to-h5` and pass --weights-file.") \
+                from None
         return _load_weights_file(converted, depth, weights, image_size, precision)
 
 

@@ -426,3 +426,12 @@ def test_broken_shard_link_rejected(tmp_path):
     with pytest.raises(DataError, match=r"1 TFRecord shard\(s\) in .* are symbolic links to "
                                         r"missing files: validation-00001-of-00002\."):
         open_eval_data(tmp_path)
+
+
+def test_data_one_level_too_high(tmp_path):
+    write_tfrecords([(jpeg_bytes(), 1, "a.JPEG")], tmp_path / "validation", num_shards=1)
+    (tmp_path / "jpegs").mkdir()
+    with pytest.raises(DataError, match=r"not ImageNet-1k wnids: jpegs, validation\. .* "
+                                        rf"{tmp_path / 'validation'} contains TFRecords or "
+                                        r"wnid folders; pass it as --data instead\."):
+        open_eval_data(tmp_path)
