@@ -241,6 +241,7 @@ def test_export_disk_full(output, weights_file, tmp_path, monkeypatch):
     monkeypatch.setattr("converter.export.write_saved_model", fill_disk)
     if output == "served":
         (tmp_path / output).mkdir()
+        (tmp_path / output / "saved_model.pb").write_bytes(b"earlier export")
     else:
         (tmp_path / output).write_bytes(b"old")
     before = sorted(path.name for path in tmp_path.rglob("*"))
