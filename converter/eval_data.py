@@ -393,6 +393,10 @@ def _open_tfrecords(root: Path, shards: list[Path]) -> EvalSet:
     if sum(counts) == 0:
         raise DataError(f"The {len(shards)} validation-* TFRecord files in {root} contain no "
                         "records.")
+    empty = [shard.name for shard, count in zip(shards, counts) if count == 0]
+    if empty:
+        logger.warning("Warning: %d TFRecord shard(s) in %s are empty: %s.", len(empty), root,
+                       _listing(empty))
     logger.info("Found %d TFRecord shards with %d records in %s", len(shards), sum(counts), root)
     return EvalSet("tfrecord", root, tuple(shards), record_counts=counts)
 

@@ -14,8 +14,9 @@ from converter.errors import DiskFullError, OutputError
 
 # Errors that only a write can raise: the file system or the user's quota is full.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-# Room left for HDF5 metadata and file system rounding beyond the raw tensor bytes.
-SPACE_MARGIN_BYTES = 16 * 2**20
+# Room left for metadata and file system rounding beyond the raw tensor bytes. At depth 50
+# the metadata measured 0.45 MB in rsconvert's .h5 and 0.66 MB in a Keras .weights.h5.
+SPACE_MARGIN_BYTES = 4 * 2**20
 
 
 def _current_umask() -> int:

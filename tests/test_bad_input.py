@@ -373,7 +373,7 @@ def small_filesystem(tmp_path) -> Path:
 def test_too_little_space_fails_first(checkpoints, output_dir):
     before = snapshot(output_dir)
     result = convert(checkpoints["base"], output_dir / "model.h5", command=LITTLE_SPACE_CLI)
-    assert_rejected(result, "Not enough free space", "needs about 152.4 MiB", "1.0 MiB is free")
+    assert_rejected(result, "Not enough free space", "needs about 140.4 MiB", "1.0 MiB is free")
     assert snapshot(output_dir) == before
 
 

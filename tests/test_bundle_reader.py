@@ -129,7 +129,8 @@ def test_directory_with_two_checkpoints(tmp_path):
         resolve_prefix(tmp_path)
 
 
-@pytest.mark.parametrize("named", ["b.ckpt", "{folder}/b.ckpt"])
+@pytest.mark.parametrize("named", ["b.ckpt", "{folder}/b.ckpt", "/elsewhere/run1/b.ckpt",
+                                   "gs://bucket/run1/b.ckpt"])
 def test_state_file_picks_latest(named, tmp_path):
     for name in ("a.ckpt", "b.ckpt"):
         (tmp_path / f"{name}.index").write_bytes(b"")
@@ -137,6 +138,16 @@ def test_state_file_picks_latest(named, tmp_path):
         f'model_checkpoint_path: "{named.format(folder=tmp_path)}"\n'
         'all_model_checkpoint_paths: "a.ckpt"\nall_model_checkpoint_paths: "b.ckpt"\n')
     assert resolve_prefix(tmp_path) == str(tmp_path / "b.ckpt")
+
+
+def test_state_file_with_relative_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("a.ckpt", "b.ckpt"):
+        (folder / f"{name}.index").write_bytes(b"")
+    (folder / "checkpoint").write_text(f'model_checkpoint_path: "{folder / "b.ckpt"}"\n')
+    monkeypatch.chdir(tmp_path)
+    assert resolve_prefix("two") == str(Path("two") / "b.ckpt")
 
 
 def test_state_file_naming_other_checkpoint(tmp_path):

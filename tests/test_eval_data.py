@@ -435,3 +435,13 @@ def test_data_one_level_too_high(tmp_path):
                                         rf"{tmp_path / 'validation'} contains TFRecords or "
                                         r"wnid folders; pass it as --data instead\."):
         open_eval_data(tmp_path)
+
+
+def test_empty_shard_warned(tmp_path, caplog):
+    write_tfrecords([(jpeg_bytes(), 1, "a.JPEG")], tmp_path, num_shards=1)
+    (tmp_path / "validation-00000-of-00001").rename(tmp_path / "validation-00000-of-00002")
+    (tmp_path / "validation-00001-of-00002").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="converter.eval_data"):
+        eval_set = open_eval_data(tmp_path)
+    assert eval_set.record_counts == (1, 0)
+    assert f"1 TFRecord shard(s) in {tmp_path} are empty: validation-00001-of-00002." in caplog.text

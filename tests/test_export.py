@@ -101,7 +101,9 @@ def test_export_savedmodel(weights_file, pixels, source_logits, tmp_path):
     import tensorflow as tf
 
     output = tmp_path / "served"
-    export_model(weights_file, output, "savedmodel", image_size=IMAGE_SIZE)
+    export_model(weights_file, output, "savedmodel")
+    # An earlier export is replaced with --overwrite.
+    export_model(weights_file, output, "savedmodel", image_size=IMAGE_SIZE, overwrite=True)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["served"]
     loaded = tf.saved_model.load(str(output))
     serve = loaded.signatures["serving_default"]
@@ -258,6 +260,11 @@ def test_export_overwrite_keeps_other_folders(weights_file, tmp_path, monkeypatc
                                           r"a SavedModel and --overwrite would delete its files"):
         export_model(weights_file, folder, overwrite=True)
     assert (folder / "notes.txt").read_text() == "keep me"
+    (folder / "saved_model.pb").write_bytes(b"an earlier export")
+    with pytest.raises(OutputError, match=r"is a SavedModel folder that also contains notes\.txt, "
+                                          r"which --overwrite would delete"):
+        export_model(weights_file, folder, overwrite=True)
+    (folder / "saved_model.pb").unlink()
     monkeypatch.chdir(folder)
     with pytest.raises(OutputError, match=r"Output \. is not a folder that an export can replace"):
         export_model(weights_file, ".", overwrite=True)

@@ -34,7 +34,8 @@ def _directory_hint(directory: Path) -> str:
 
 
 def _state_file_prefix(directory: Path, indexes: list[Path]) -> str | None:
-    """Return the prefix that `directory/checkpoint` names, if it is one of `indexes`."""
+    """Return the prefix that `directory/checkpoint` names as the latest, if it is one of
+    `indexes`; otherwise None."""
     state = directory / STATE_FILE
     try:
         text = state.read_text(encoding="utf-8")
@@ -43,10 +44,13 @@ def _state_file_prefix(directory: Path, indexes: list[Path]) -> str | None:
     match = _LATEST.search(text)
     if match is None:
         return None
-    named = Path(match["path"])
-    prefix = named if named.is_absolute() else directory / named
-    known = {str(index.with_suffix("")) for index in indexes}
-    return str(prefix) if str(prefix) in known else None
+    # Matched by base name: tf.train.Saver writes absolute paths, which no longer hold
+    # once the folder is copied, moved or downloaded from gs://.
+    name = match["path"].replace("\\", "/").rsplit("/", 1)[-1]
+    for index in indexes:
+        if index.with_suffix("").name == name:
+            return str(index.with_suffix(""))
+    return None
 
 
 def resolve_prefix(path: str | Path) -> str:
