@@ -92,24 +92,24 @@ def not_comparable_reason(variant: Variant | None, *, image_size: int, weights: 
 
     The published top-1 of each variant was measured with the EMA weights at the variant's
     own image size, with the release's crop padding, on all 50,000 ILSVRC2012 validation
-    images.
+    images. Every condition that is not met is named, separated by semicolons.
     """
     if variant is None:
         return "no official variant has this depth and image size"
+    reasons = []
     if variant.image_size != image_size:
-        return f"the image size is {image_size}, not the official {variant.image_size}"
+        reasons.append(f"the image size is {image_size}, not the official {variant.image_size}")
     if weights != "ema":
-        return f"the weights are {weights}, and the official top-1 used the EMA weights"
+        reasons.append(f"the weights are {weights}, and the official top-1 used the EMA weights")
     if crop_padding != CROP_PADDING:
-        return f"the crop padding is {crop_padding}, not the official {CROP_PADDING}"
+        reasons.append(f"the crop padding is {crop_padding}, not the official {CROP_PADDING}")
     if num_images != OFFICIAL_EVAL_IMAGES:
-        return (f"{num_images:,} images were evaluated, not all {OFFICIAL_EVAL_IMAGES:,} "
-                "ILSVRC2012 validation images")
-    if num_skipped == 1:
-        return "1 image was skipped"
+        reasons.append(f"{num_images:,} images were evaluated, not all "
+                       f"{OFFICIAL_EVAL_IMAGES:,} ILSVRC2012 validation images")
     if num_skipped:
-        return f"{num_skipped:,} images were skipped"
-    return None
+        reasons.append("1 image was skipped" if num_skipped == 1
+                       else f"{num_skipped:,} images were skipped")
+    return "; ".join(reasons) or None
 
 
 def write_result_file(result: EvalResult, path: str | Path, overwrite: bool = False) -> None:

@@ -443,8 +443,11 @@ def _uncompared_figure(figure_class, points: Sequence[TableRow]):
     title = f"ResNet-RS ImageNet top-1 on {counts} images, {weights} weights"
     note = textwrap.fill(f"Not compared with the official top-1: {reasons}.", width=70)
     figure.suptitle(f"{title}\n{note}", fontsize=10)
-    axes.barh([f"{row.depth}-i{row.image_size}" for row in points],
-              [row.top1 for row in points])
+    top1 = [row.top1 for row in points]
+    bars = axes.barh([f"{row.depth}-i{row.image_size}" for row in points], top1)
+    axes.bar_label(bars, labels=[f"{value:.2f}" for value in top1], padding=3)
+    # From 0, with room for the labels, so that a top-1 of 0 still shows its value.
+    axes.set_xlim(0, max(max(top1) * 1.15, 1.0))
     axes.invert_yaxis()
     axes.set_xlabel("This top-1 (%)")
     return figure

@@ -474,6 +474,14 @@ def test_official_top1_not_comparable(change, reason):
     assert not_comparable_reason(variant, **{**OFFICIAL_RUN, **change}) == reason
 
 
+def test_every_unmet_condition_named():
+    variant = get_variant("resnet-rs-50-i160")
+    reason = not_comparable_reason(variant, **{**OFFICIAL_RUN, "weights": "raw",
+                                               "num_images": 24})
+    assert reason == ("the weights are raw, and the official top-1 used the EMA weights; 24 "
+                      "images were evaluated, not all 50,000 ILSVRC2012 validation images")
+
+
 def test_unofficial_variant_not_comparable():
     assert not_comparable_reason(None, **OFFICIAL_RUN) == ("no official variant has this depth "
                                                            "and image size")
