@@ -24,7 +24,7 @@ from converter.variants import CROP_PADDING, Variant
 RESULT_SUFFIXES = (".json", ".csv")
 # The size of the ILSVRC2012 validation set that the official top-1 numbers refer to.
 OFFICIAL_EVAL_IMAGES = 50_000
-TOP_K = 5
+TOP_K = imagenet_classes.TOP_K
 INTERPOLATION = "bicubic"
 
 

@@ -13,6 +13,8 @@ import re
 from importlib import resources
 
 NUM_CLASSES = 1000
+# ImageNet results give top-1 and top-K accuracy with K = 5.
+TOP_K = 5
 # imagenet_to_gcs writes labels 1..1000; class index = label - LABEL_OFFSET.
 LABEL_OFFSET = 1
 WNID_PATTERN = re.compile(r"^n\d{8}$")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converter import imagenet_classes
 from converter.arguments import (require_at_least, require_choice, require_crop_padding,
                                  require_image_size)
 from converter.checkpoint.variables import WEIGHT_CHOICES
@@ -42,7 +43,6 @@ BFLOAT16_MARGIN = 1e-3
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_RANDOM_IMAGES = 2
 DEFAULT_BATCH_SIZE = 8
-TOP_K = 5
 # Suggested in the error for a --json path that is a directory.
 DEFAULT_JSON_NAME = "parity.json"
 
@@ -244,7 +244,8 @@ def compare_stages(candidate: dict[str, np.ndarray], reference: dict[str, np.nda
     return tuple(comparisons)
 
 
-def topk_agreement(candidate: np.ndarray, reference: np.ndarray, k: int = TOP_K) -> TopKAgreement:
+def topk_agreement(candidate: np.ndarray, reference: np.ndarray,
+                   k: int = imagenet_classes.TOP_K) -> TopKAgreement:
     """Count top-1 matches and the mean top-k overlap of two [N, classes] logit arrays."""
     k = min(k, reference.shape[-1])
     top1_matches = int(np.sum(candidate.argmax(-1) == reference.argmax(-1)))
