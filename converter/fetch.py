@@ -144,7 +144,11 @@ def fetch_variant(
         # arrived, are removed. A folder with a .part file to resume from is kept.
         _remove_empty_folders(created)
         part = root / (variant.archive_name + PART_SUFFIX)
-        if not isinstance(error, Exception) and part.is_file():
+        if part.is_file() and part.stat().st_size == 0:
+            # An empty .part would suggest a download to resume.
+            part.unlink()
+            _remove_empty_folders(created)
+        elif not isinstance(error, Exception) and part.is_file():
             logger.warning("Stopped with %s bytes of %s in %s; run the same command again to "
                            "resume.", f"{part.stat().st_size:,}", variant.archive_name, part)
         raise

@@ -106,6 +106,18 @@ def test_failed_import_shows_lines(tmp_path):
     assert result.stdout == ""
 
 
+def test_interrupted_import_hides_lines(tmp_path):
+    env = fake_tensorflow(tmp_path, """
+        import os
+        os.write(2, b"I0000 loading the native library\\n")
+        raise KeyboardInterrupt
+    """)
+    result = run_import(env)
+    assert result.returncode != 0
+    assert "KeyboardInterrupt" in result.stderr
+    assert "I0000 loading the native library" not in result.stderr
+
+
 def test_real_tensorflow_lines_held_back():
     plain = subprocess.run([sys.executable, "-c", "import tensorflow as tf; "
                             "tf.config.list_physical_devices()"],

@@ -420,16 +420,32 @@ def test_fetch_short_body_keeps_new_dest(server, tmp_path):
 def test_fetch_interrupted_says_resume(server, tmp_path, caplog):
     server.script.body = b"x" * 5000
 
-    def interrupt(*args):
+    def interrupt_after_data(done, total):
+        if done:
+            raise KeyboardInterrupt
+
+    dest = tmp_path / "new"
+    with caplog.at_level(logging.WARNING, logger="converter.fetch"):
+        with pytest.raises(KeyboardInterrupt):
+            fetch_variant(VARIANT, dest, base_url=server.base_url,
+                          progress=interrupt_after_data, **FAST)
+    assert leftovers(dest) == [f"{VARIANT}.tar.gz.part"]
+    assert re.search(r"Stopped with 5,000 bytes of .*\.tar\.gz in .*\.part; run the same "
+                     r"command again to resume", caplog.text)
+
+
+def test_fetch_interrupted_before_data(server, tmp_path, caplog):
+    server.script.body = b"x" * 5000
+
+    def interrupt(done, total):
         raise KeyboardInterrupt
 
     dest = tmp_path / "new"
     with caplog.at_level(logging.WARNING, logger="converter.fetch"):
         with pytest.raises(KeyboardInterrupt):
             fetch_variant(VARIANT, dest, base_url=server.base_url, progress=interrupt, **FAST)
-    assert leftovers(dest) == [f"{VARIANT}.tar.gz.part"]
-    assert re.search(r"Stopped with [\d,]+ bytes of .*\.tar\.gz in .*\.part; run the same "
-                     r"command again to resume", caplog.text)
+    assert not dest.exists()
+    assert "resume" not in caplog.text
 
 
 def test_download_rejects_non_http_url(tmp_path):

@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 import sys
 
 import h5py
@@ -25,10 +26,16 @@ def run_cli(monkeypatch, *args) -> int:
     from converter.cli import main
 
     monkeypatch.setattr(sys, "argv", ["rsconvert", "-q", "parity-check", *map(str, args)])
+    # main() sets the handlers of these signals for the process it runs in.
+    handlers = {signum: signal.getsignal(signum)
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         main()
     except SystemExit as done:
         return done.code
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     return 0
 
 

@@ -33,6 +33,8 @@ COMMAND_MODULES = (
 # Exit statuses shared by all commands.
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+# Signals that stop a command like Ctrl-C does, with exit status 128 + signal number.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 VERBOSE_HELP = "More log output (-vv for debug)."
@@ -110,8 +112,20 @@ def main() -> None:
     SIGTERM and SIGHUP unwind the command like Ctrl-C does, so that temporary files are
     removed; the exit status is then 128 plus the signal number.
     """
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_terminated)
+    try:
+        _run_cli()
+    finally:
+        # The outputs are final and the exit status is chosen. A signal during the second
+        # or so of interpreter teardown that follows would otherwise kill the process with
+        # a failure status and no message.
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(signum, signal.SIG_IGN)
+
+
+def _run_cli() -> None:
+    """Run the CLI and turn each failure into one line on stderr and its exit status."""
     try:
         cli.main(standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
