@@ -75,18 +75,11 @@ def test_group_import_skips_tensorflow():
 
 def test_signals_ignored_after_command():
     # A signal during interpreter teardown must not turn a finished command into a failure.
-    code = ("import signal, sys\n"
-            "from converter.cli import main\n"
-            "sys.argv = ['rsconvert', 'list']\n"
-            "try:\n"
-            "    main()\n"
-            "except SystemExit:\n"
-            "    pass\n"
-            "import os\n"
-            "os.kill(os.getpid(), signal.SIGTERM)\n"
-            "os.kill(os.getpid(), signal.SIGINT)\n"
-            "print('still running')\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    code = PROBE + ("import os, signal\n"
+                    "os.kill(os.getpid(), signal.SIGTERM)\n"
+                    "os.kill(os.getpid(), signal.SIGINT)\n"
+                    "print('still running')\n")
+    result = subprocess.run([sys.executable, "-c", code, "list"], capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("still running")
