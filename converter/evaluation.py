@@ -82,7 +82,8 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
              results_file: str | Path | None = None,
              predictions_file: str | Path | None = None, overwrite: bool = False,
              show_progress: bool | None = None,
-             progress: Callable[[EvalProgress], None] | None = None) -> EvalResult:
+             progress: Callable[[EvalProgress], None] | None = None,
+             before_tensorflow: Callable[[], None] | None = None) -> EvalResult:
     """Evaluate ImageNet top-1/top-5 of a ResNet-RS on `data` and return the result.
 
     The model comes from an rsconvert `weights_file`, or from `checkpoint`, which is
@@ -94,6 +95,8 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
     then to the size recorded in `weights_file`. `show_progress` draws a
     progress bar on stderr (default: when stderr is a terminal); otherwise a line is logged
     every LOG_EVERY_BATCHES batches. `progress`, when given, is called after every batch.
+    `before_tensorflow` is called once the arguments and the data are checked, before
+    TensorFlow is first used, so that bad input fails before TensorFlow loads.
     """
     _check_options(batch_size, limit, precision, crop_padding, weights)
     outputs = _check_output_files(results_file, predictions_file, overwrite)
@@ -105,6 +108,8 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
     logger.info("Evaluating %d of %d images in %s at %d px", expected, eval_set.num_images,
                 eval_set.root, image_size)
 
+    if before_tensorflow is not None:
+        before_tensorflow()
     strategy = make_strategy()
     with strategy.scope():
         model, info = _load_model(weights_file, checkpoint, depth, weights, image_size,

@@ -83,3 +83,18 @@ def test_signals_ignored_after_command():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("still running")
+
+
+def test_eval_bad_input_skips_tensorflow(tmp_path):
+    # Argument and data checks run before TensorFlow loads, so bad input fails at once.
+    code = PROBE.replace("if done.code not in (0, None):\n        raise\n",
+                         "print('exit', done.code)\n")
+    result = subprocess.run([sys.executable, "-c", code, "eval", "--data", str(tmp_path),
+                             "--weights-file", str(tmp_path / "missing.h5")],
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stdout.splitlines()
+    assert "exit 2" in lines, result.stdout
+    assert "does not exist" in result.stderr
+    loaded = set(json.loads(lines[-1]))
+    for package in HEAVY_PACKAGES:
+        assert package not in loaded

@@ -52,7 +52,6 @@ def command(data, labels_file, image_size, weights_file, checkpoint, variant, de
             batch_size, limit, precision, crop_padding, skip_bad_images, results_file,
             predictions_file, overwrite):
     """Evaluate ImageNet top-1/top-5 and print the result row as JSON."""
-    import_tensorflow_quietly()
     from converter.evaluation import evaluate
 
     result = evaluate(
@@ -60,5 +59,6 @@ def command(data, labels_file, image_size, weights_file, checkpoint, variant, de
         depth=int(depth) if depth is not None else None, labels_file=labels_file,
         batch_size=batch_size, limit=limit, precision=precision, crop_padding=crop_padding,
         weights=weights, skip_bad_images=skip_bad_images, results_file=results_file,
-        predictions_file=predictions_file, overwrite=overwrite)
+        predictions_file=predictions_file, overwrite=overwrite,
+        before_tensorflow=import_tensorflow_quietly)
     click.echo(json.dumps(result.row()))
