@@ -75,7 +75,8 @@ def infer_export_format(output: str | Path) -> str:
 
 
 def export_model(weights_file: str | Path, output: str | Path, export_format: str | None = None,
-                 *, image_size: int | None = None, overwrite: bool = False) -> ExportReport:
+                 *, image_size: int | None = None, overwrite: bool = False,
+                 before_tensorflow: Callable[[], None] | None = None) -> ExportReport:
     """Load an rsconvert `.h5` and write it to `output` in `export_format`.
 
     Without `export_format` the format follows the output name (`infer_export_format`).
@@ -83,6 +84,7 @@ def export_model(weights_file: str | Path, output: str | Path, export_format: st
     `image_size` fixes the input height and width; without it the exports accept any size.
     Raises OutputError when `output` exists (unless `overwrite`), has the wrong suffix, or
     its folder is missing, and WeightsFileError for a file that rsconvert did not write.
+    `before_tensorflow` is called after those checks, before TensorFlow is first used.
     """
     from converter.h5_weights import read_provenance
 
@@ -103,6 +105,8 @@ def export_model(weights_file: str | Path, output: str | Path, export_format: st
     check_free_space(output.parent, needed, str(output))
 
     # Imported after the checks above, so that bad input fails before TensorFlow loads.
+    if before_tensorflow is not None:
+        before_tensorflow()
     from converter.keras_model import load_weights_file
 
     input_shape = (image_size, image_size, 3) if image_size else None

@@ -85,13 +85,18 @@ def test_signals_ignored_after_command():
     assert result.stdout.rstrip().endswith("still running")
 
 
-def test_eval_bad_input_skips_tensorflow(tmp_path):
-    # Argument and data checks run before TensorFlow loads, so bad input fails at once.
+@pytest.mark.parametrize("command", [
+    ["eval", "--data", "{tmp}", "--weights-file", "{tmp}/missing.h5"],
+    ["export", "--weights-file", "{tmp}/empty.h5", "--output", "{tmp}/missing/model.keras"],
+], ids=lambda command: command[0])
+def test_bad_input_skips_tensorflow(command, tmp_path):
+    # Argument and file checks run before TensorFlow loads, so bad input fails at once.
     code = PROBE.replace("if done.code not in (0, None):\n        raise\n",
                          "print('exit', done.code)\n")
-    result = subprocess.run([sys.executable, "-c", code, "eval", "--data", str(tmp_path),
-                             "--weights-file", str(tmp_path / "missing.h5")],
-                            capture_output=True, text=True, timeout=120)
+    (tmp_path / "empty.h5").write_bytes(b"")
+    args = [arg.format(tmp=tmp_path) for arg in command]
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                            text=True, timeout=120)
     lines = result.stdout.splitlines()
     assert "exit 2" in lines, result.stdout
     assert "does not exist" in result.stderr

@@ -28,7 +28,6 @@ from converter.export import EXPORT_FORMATS, export_model
 def command(weights_file: Path, export_format: str, output: Path, image_size: int | None,
             overwrite: bool) -> None:
     """Export a converted weights file for Keras 3 or TensorFlow Serving."""
-    import_tensorflow_quietly()
     report = export_model(weights_file, output, export_format, image_size=image_size,
-                          overwrite=overwrite)
+                          overwrite=overwrite, before_tensorflow=import_tensorflow_quietly)
     click.echo(report.summary())
