@@ -130,11 +130,12 @@ def open_eval_data(path: str | Path, labels_file: str | Path | None = None) -> E
         raise DataError(f"Evaluation data directory {root} is empty; expected validation-* "
                         "TFRecords, per-wnid subfolders or ILSVRC2012_val_*.JPEG images.")
 
-    broken = sorted(p.name for p in root.glob(TFRECORD_PATTERN) if _is_broken_link(p))
+    named_shards = sorted(root.glob(TFRECORD_PATTERN))
+    broken = [p.name for p in named_shards if _is_broken_link(p)]
     if broken:
         raise DataError(f"{len(broken)} TFRecord shard(s) in {root} are symbolic links to "
                         f"missing files: {_listing(broken)}.")
-    shards = sorted(p for p in root.glob(TFRECORD_PATTERN) if p.is_file())
+    shards = [p for p in named_shards if p.is_file()]
     if shards:
         _warn_missing_shards(root, shards)
         _reject_labels_file(labels_file, root, "TFRecords carry their own labels")

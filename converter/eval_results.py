@@ -26,6 +26,8 @@ RESULT_SUFFIXES = (".json", ".csv")
 OFFICIAL_EVAL_IMAGES = 50_000
 TOP_K = imagenet_classes.TOP_K
 INTERPOLATION = "bicubic"
+# Decimals of the percentages in result rows.
+PERCENT_DECIMALS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +71,10 @@ class EvalResult:
             "crop_padding": self.crop_padding,
             "interpolation": self.interpolation,
             "num_images": self.num_images,
-            "top1": round(self.top1, 4),
-            "top1_err": round(100.0 - self.top1, 4),
-            "top5": round(self.top5, 4),
-            "top5_err": round(100.0 - self.top5, 4),
+            "top1": round(self.top1, PERCENT_DECIMALS),
+            "top1_err": round(100.0 - self.top1, PERCENT_DECIMALS),
+            "top5": round(self.top5, PERCENT_DECIMALS),
+            "top5_err": round(100.0 - self.top5, PERCENT_DECIMALS),
             "top1_correct": self.top1_correct,
             "top5_correct": self.top5_correct,
             "num_skipped": self.num_skipped,
@@ -81,7 +83,7 @@ class EvalResult:
         }
         if self.official_top1 is not None:
             row["official_top1"] = self.official_top1
-            row["top1_diff"] = round(self.top1 - self.official_top1, 4)
+            row["top1_diff"] = round(self.top1 - self.official_top1, PERCENT_DECIMALS)
         return row
 
 

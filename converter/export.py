@@ -99,9 +99,10 @@ def export_model(weights_file: str | Path, output: str | Path, export_format: st
     # Every format stores the float32 tensors of the .h5. A SavedModel stores them twice,
     # plus its graph: 288.4 MB in all for the 143.4 MB .h5 of ResNet-RS-50, of which 2.3 MB
     # outside variables/; SAVED_MODEL_GRAPH_BYTES allows for deeper graphs.
-    needed = weights_file.stat().st_size + SPACE_MARGIN_BYTES
+    weights_bytes = weights_file.stat().st_size
+    needed = weights_bytes + SPACE_MARGIN_BYTES
     if export_format == "savedmodel":
-        needed += weights_file.stat().st_size + SAVED_MODEL_GRAPH_BYTES
+        needed += weights_bytes + SAVED_MODEL_GRAPH_BYTES
     check_free_space(output.parent, needed, str(output))
 
     # Imported after the checks above, so that bad input fails before TensorFlow loads.

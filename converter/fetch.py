@@ -140,17 +140,16 @@ def fetch_variant(
                              retries=retries, timeout_s=timeout_s, backoff_s=backoff_s,
                              progress=progress)
     except BaseException as error:
-        # Folders that this call created and that stayed empty, e.g. because nothing
-        # arrived, are removed. A folder with a .part file to resume from is kept.
-        _remove_empty_folders(created)
         part = root / (variant.archive_name + PART_SUFFIX)
         if part.is_file() and part.stat().st_size == 0:
             # An empty .part would suggest a download to resume.
             part.unlink()
-            _remove_empty_folders(created)
         elif not isinstance(error, Exception) and part.is_file():
             logger.warning("Stopped with %s bytes of %s in %s; run the same command again to "
                            "resume.", f"{part.stat().st_size:,}", variant.archive_name, part)
+        # Folders that this call created and that stayed empty, e.g. because nothing
+        # arrived, are removed. A folder with a .part file to resume from is kept.
+        _remove_empty_folders(created)
         raise
     logger.info("%s is ready in %s", variant.name, target)
     return FetchResult(variant, target, downloaded=True)
@@ -371,8 +370,9 @@ class _Transfer:
                     f"Downloading {self.url} failed: unexpected HTTP status {response.status}.")
             self._record_total(total)
             if total is not None:
-                check_free_space(self.part.parent, total - offset,
-                                 f"the {format_size(total - offset)} left to download of {self.url}")
+                remaining = total - offset
+                check_free_space(self.part.parent, remaining,
+                                 f"the {format_size(remaining)} left to download of {self.url}")
             size = self._copy_body(response, mode, offset)
 
         if self.total is not None and size < self.total:

@@ -53,7 +53,7 @@ def check_output_path(output: str | Path, overwrite: bool) -> Path:
                           f"{path / 'model.h5'}.")
     if path.exists() and not overwrite:
         raise OutputError(f"Output file {path} already exists; pass --overwrite to replace it.")
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"Output directory {parent} is a file, not a directory; choose "
                           "another output path.")
@@ -118,15 +118,14 @@ def no_space_error(error: BaseException) -> int | None:
 
 def disk_full_error(target: Path, code: int) -> DiskFullError:
     """Return the error for a write of `target` that ran out of space; nothing was replaced."""
-    directory = target.parent if str(target.parent) else Path(".")
-    return DiskFullError(f"Failed to write {target}: {os.strerror(code)} in {directory}. "
-                       "The partial output was removed and any earlier output is unchanged. "
-                       "Free some space or choose another location.")
+    return DiskFullError(f"Failed to write {target}: {os.strerror(code)} in {target.parent}. "
+                         "The partial output was removed and any earlier output is unchanged. "
+                         "Free some space or choose another location.")
 
 
 @contextlib.contextmanager
 def translate_disk_full(target: Path) -> Iterator[None]:
-    """Turn a full-disk failure inside the block into one OutputError naming `target`."""
+    """Turn a full-disk failure inside the block into one DiskFullError naming `target`."""
     try:
         yield
     except Exception as error:
@@ -142,17 +141,16 @@ def atomic_output(target: str | Path, overwrite: bool = False, suffix: str = ".t
     """Yield a temporary path beside `target`; rename it onto `target` only on success.
 
     On any exception, KeyboardInterrupt included, the temporary file is removed and an
-    existing `target` is left untouched; a full disk becomes an OutputError. `suffix` ends
+    existing `target` is left untouched, and a full disk becomes a DiskFullError. `suffix` ends
     the temporary name, for writers that choose the format from it. With `expected_bytes`,
     too little free space fails before anything is written.
     """
     target = check_output_path(target, overwrite)
     if expected_bytes is not None:
-        check_free_space(target.parent if str(target.parent) else Path("."),
-                         expected_bytes + SPACE_MARGIN_BYTES, str(target))
+        check_free_space(target.parent, expected_bytes + SPACE_MARGIN_BYTES, str(target))
     try:
         handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix,
-                                             dir=target.parent if str(target.parent) else ".")
+                                             dir=target.parent)
     except OSError as error:
         raise OutputError(f"Cannot write output {target}: {error.strerror or error}. Choose a "
                           "writable directory.") from None

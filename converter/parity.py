@@ -23,6 +23,7 @@ from converter.arguments import (require_at_least, require_choice, require_crop_
                                  require_image_size)
 from converter.checkpoint.variables import WEIGHT_CHOICES
 from converter.errors import DataError, OutputError, RsconvertError, WeightsFileError
+from converter.variants import CROP_PADDING
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +346,7 @@ def run_parity_check(checkpoint: str | os.PathLike, weights_file: str | os.PathL
                      depth: int | None = None, image_size: int | None = None,
                      images: Sequence[str | os.PathLike] = (), random_images: int | None = None,
                      seed: int = 0, weights: str | None = None, precision: str = "float32",
-                     crop_padding: int = 32, batch_size: int = DEFAULT_BATCH_SIZE,
+                     crop_padding: int = CROP_PADDING, batch_size: int = DEFAULT_BATCH_SIZE,
                      json_path: str | os.PathLike | None = None,
                      overwrite: bool = False) -> ParityReport:
     """Compare the Keras model of `weights_file` with the original graph of `checkpoint`.

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from converter import __version__
 from converter.errors import OutputError, RsconvertError
-from converter.eval_results import not_comparable_reason
+from converter.eval_results import PERCENT_DECIMALS, not_comparable_reason
 from converter.output_files import atomic_output
 from converter.variants import VARIANTS, Variant, find_variant, get_variant
 
@@ -38,8 +38,6 @@ PLOT_NAME = "top1.png"
 DEFAULT_BATCH_SIZE = 32
 CSV_FIELDS = ("variant", "depth", "image_size", "weights", "official_top1", "top1", "top5",
               "top1_diff", "images", "limit", "parity_max_rel_diff", "error")
-# Decimals of the percentages in results.csv, as in eval's result row.
-PERCENT_DECIMALS = 4
 
 
 class StepError(RsconvertError):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from converter.errors import RsconvertError
+from converter.variants import CROP_PADDING, apply_variant, downloaded_checkpoint
 
 # Exit status when a command ran to the end but its result failed: a parity stage beyond
 # tolerance, or a table variant whose step failed. Bad input exits with 2.
 EXIT_CHECK_FAILED = 1
-from converter.variants import CROP_PADDING, apply_variant, downloaded_checkpoint
 
 
 def variant_option(function):

@@ -31,7 +31,8 @@ from converter.variants import BASE_URL_ENV, CHECKPOINTS_ENV, DEFAULT_BASE_URL
               help="Folder for the weights files, step records, results.csv, results.md and "
                    "top1.png.")
 @click.option("--checkpoints", "checkpoints_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, show_default=f"checkpoints/ in the working directory, or ${CHECKPOINTS_ENV}",
+              default=None,
+              show_default=f"checkpoints/ in the working directory, or ${CHECKPOINTS_ENV}",
               help="Folder that receives the downloaded checkpoints.")
 @click.option("--base-url", envvar=BASE_URL_ENV, default=DEFAULT_BASE_URL, show_default=True,
               show_envvar=True, help="URL of the folder that contains the checkpoint archives.")
