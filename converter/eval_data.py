@@ -161,7 +161,10 @@ def open_eval_data(path: str | Path, labels_file: str | Path | None = None) -> E
 
 
 def _nested_data_hint(subfolders: list[Path]) -> str:
-    """Name the subfolders that look like evaluation data, for a --data one level too high."""
+    """Return a hint naming a subfolder that looks like evaluation data, or "" if none does.
+
+    The hint is for a --data one level above the TFRecords or wnid folders.
+    """
     nested = [folder for folder in subfolders
               if any(folder.glob(TFRECORD_PATTERN))
               or any(imagenet_classes.is_imagenet_wnid(child.name) for child in folder.iterdir())]
@@ -188,8 +191,8 @@ def _is_image_entry(path: Path) -> bool:
 def _warn_missing_shards(root: Path, shards: list[Path]) -> None:
     """Log a warning when shards named NAME-IIIII-of-NNNNN do not include every index.
 
-    Only a warning: a few shards of the 128 make a quick smoke run, whose top-1 is then
-    not compared with the official one anyway (fewer than 50,000 images).
+    It is only a warning, because a few shards of the 128 make a quick smoke run, whose
+    top-1 is not compared with the official one anyway (fewer than 50,000 images).
     """
     expected: dict[tuple[str, int], set[int]] = {}
     for shard in shards:

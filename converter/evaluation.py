@@ -140,7 +140,7 @@ def evaluate(data: str | Path, image_size: int | None = None, *,
             write_predictions_file(eval_set, counts.predictions, outputs["predictions"],
                                    expected, overwrite)
     except RsconvertError as error:
-        # The run may have taken hours; its result row is kept in the message.
+        # The run may have taken hours, so its result row is kept in the message.
         raise type(error)(f"{error} The evaluation itself finished: "
                           f"{json.dumps(result.row())}") from None
     return result

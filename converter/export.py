@@ -97,8 +97,8 @@ def export_model(weights_file: str | Path, output: str | Path, export_format: st
     start = time.perf_counter()
     provenance = read_provenance(weights_file)
     # Every format stores the float32 tensors of the .h5. A SavedModel stores them twice,
-    # plus its graph: 288.4 MB in all for the 143.4 MB .h5 of ResNet-RS-50, of which 2.3 MB
-    # outside variables/; SAVED_MODEL_GRAPH_BYTES allows for deeper graphs.
+    # plus its graph: 288.4 MB in all for the 143.4 MB .h5 of ResNet-RS-50, 2.3 MB of it
+    # outside variables/. SAVED_MODEL_GRAPH_BYTES leaves room for deeper graphs.
     weights_bytes = weights_file.stat().st_size
     needed = weights_bytes + SPACE_MARGIN_BYTES
     if export_format == "savedmodel":

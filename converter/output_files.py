@@ -12,7 +12,7 @@ from pathlib import Path
 
 from converter.errors import DiskFullError, OutputError
 
-# Errors that only a write can raise: the file system or the user's quota is full.
+# Errno values that only a write raises, when the file system or the user's quota is full.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Room left for metadata and file system rounding beyond the raw tensor bytes. At depth 50
 # the metadata measured 0.45 MB in rsconvert's .h5 and 0.66 MB in a Keras .weights.h5.
@@ -86,7 +86,8 @@ def free_bytes(directory: str | Path) -> int | None:
 def check_free_space(directory: str | Path, needed_bytes: int, description: str) -> None:
     """Raise OutputError when `directory` has less than `needed_bytes` free for `description`.
 
-    Free space that cannot be read is not an error; the write itself then reports a full disk.
+    Free space that cannot be read is not an error. In that case the write itself reports
+    a full disk.
     """
     free = free_bytes(directory)
     if free is not None and free < needed_bytes:
@@ -117,7 +118,7 @@ def no_space_error(error: BaseException) -> int | None:
 
 
 def disk_full_error(target: Path, code: int) -> DiskFullError:
-    """Return the error for a write of `target` that ran out of space; nothing was replaced."""
+    """Return the error for a write of `target` that ran out of space (nothing replaced)."""
     return DiskFullError(f"Failed to write {target}: {os.strerror(code)} in {target.parent}. "
                          "The partial output was removed and any earlier output is unchanged. "
                          "Free some space or choose another location.")

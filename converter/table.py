@@ -109,7 +109,8 @@ class TableRow:
 
     @property
     def not_comparable_reason(self) -> str | None:
-        """Why this top-1 cannot be set beside the official one; None when it can or is missing."""
+        """Reason why this top-1 cannot be set beside the official one, or None when it can
+        or when there is no top-1."""
         if self.top1 is None:
             return None
         return not_comparable_reason(find_variant(self.depth, self.image_size),

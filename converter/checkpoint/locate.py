@@ -34,8 +34,10 @@ def _directory_hint(directory: Path) -> str:
 
 
 def _state_file_prefix(directory: Path, indexes: list[Path]) -> str | None:
-    """Return the prefix that `directory/checkpoint` names as the latest, if it is one of
-    `indexes`; otherwise None."""
+    """Return the prefix that `directory/checkpoint` names as the latest, or None.
+
+    None also when the named checkpoint is not one of `indexes`.
+    """
     state = directory / STATE_FILE
     try:
         text = state.read_text(encoding="utf-8")
@@ -44,8 +46,8 @@ def _state_file_prefix(directory: Path, indexes: list[Path]) -> str | None:
     match = _LATEST.search(text)
     if match is None:
         return None
-    # Matched by base name: tf.train.Saver writes absolute paths, which no longer hold
-    # once the folder is copied, moved or downloaded from gs://.
+    # The match is by base name, because tf.train.Saver writes absolute paths, which no
+    # longer hold once the folder is copied, moved or downloaded from gs://.
     name = match["path"].replace("\\", "/").rsplit("/", 1)[-1]
     for index in indexes:
         if index.with_suffix("").name == name:

@@ -49,7 +49,7 @@ def import_tensorflow_quietly() -> None:
             captured.seek(0)
             held_back = captured.read()
     if error is not None:
-        # The lines explain a failed import; after Ctrl-C or a stop signal they are noise.
+        # The lines explain a failed import. After Ctrl-C or a stop signal they are noise.
         if isinstance(error, Exception):
             sys.stderr.write(held_back.decode("utf-8", "replace"))
         raise error
